@@ -1,0 +1,43 @@
+# The two quick-start commands (see README):
+#   make run    install the daemon into .venv and run it on the embedded default configuration
+#   make test   install everything the tests need (SIPp from Debian's sip-tester included) and run them
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+TSTAMP := $(VENV)/.installed-test
+ARGS   ?=
+
+.PHONY: run test install install-test lint typecheck clean system-deps
+
+# Debian packages the quick start relies on: venv support, and SIPp for the tests.
+system-deps:
+	@./deploy/ensure-debian-packages.sh python3-venv
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	@touch $@
+
+$(TSTAMP): $(STAMP) pyproject.toml
+	@./deploy/ensure-debian-packages.sh sip-tester
+	$(PY) -m pip install -q -e '.[test,dev]'
+	@touch $@
+
+install: $(STAMP)
+install-test: $(TSTAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/b2bua $(ARGS)
+
+test: $(TSTAMP)
+	$(PY) -m pytest $(ARGS)
+
+lint: $(TSTAMP)
+	$(VENV)/bin/ruff check b2bua rtp_relay tests bench
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache
