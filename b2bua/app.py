@@ -1,0 +1,170 @@
+"""The daemon: binds the sockets, drives the sans-IO core, serves HTTP, drains on SIGTERM.
+
+How this works: `Daemon.run()` builds one `Scheduler` whose clock is the event loop's monotonic
+time, one `Core`, the UDP and TCP transports for each listen address, and the HTTP server. Every
+input reaches the core through `_on_data`, which first moves the clock and afterwards re-arms the
+single loop timer at the scheduler's next deadline (only when that deadline moved earlier, so a
+busy daemon does not churn loop timers). Any exception escaping the core is caught there, counted
+in `b2bua_escaped_exceptions_total` and logged: it is a bug, never something a peer can cause on
+purpose, and the tests fail when the counter is not zero. SIGTERM/SIGINT stop new calls (503),
+wait up to `shutdown.drain_timeout_s` for active calls, hang up the rest, and exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+from aiohttp import web
+
+from .config import Settings, parse_hostport
+from .core import Core
+from .http import make_http_app
+from .logs import get_logger
+from .metrics import Stats, StatsCollector, make_registry
+from .sip.address import Address
+from .sip.scheduler import Scheduler
+from .transport.tcp import TcpTransport
+from .transport.udp import UdpTransport
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.log = get_logger()
+        self.stats = Stats()
+        self.scheduler = Scheduler()
+        self.core: Core | None = None
+        self._udp: list[UdpTransport] = []
+        self._tcp: TcpTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = asyncio.Event()
+
+    # -- the bridge between the loop and the sans-IO core ---------------------------------------
+
+    def _send(self, data: bytes, dest: Address) -> None:
+        if dest.transport == "udp":
+            self._udp[0].send(data, dest)
+        elif dest.transport == "tcp" and self._tcp is not None:
+            self._tcp.send(data, dest)
+        else:
+            raise OSError(f"transport {dest.transport} not available")
+
+    def _on_data(self, data: bytes, source: Address) -> None:
+        assert self._loop is not None and self.core is not None
+        try:
+            self.scheduler.advance(self._loop.time())
+            self.core.receive(data, source)
+        except Exception:
+            self.stats.escaped_exceptions += 1
+            self.log.exception("escaped_exception", source=str(source))
+        self._arm_timer()
+
+    def _on_timer(self) -> None:
+        assert self._loop is not None
+        self._timer = None
+        self._timer_at = None
+        try:
+            self.scheduler.advance(self._loop.time())
+        except Exception:
+            self.stats.escaped_exceptions += 1
+            self.log.exception("escaped_exception", where="timer")
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        assert self._loop is not None
+        deadline = self.scheduler.next_deadline()
+        if deadline is None or (self._timer_at is not None and self._timer_at <= deadline):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        self.stats.escaped_exceptions += 1
+        self.log.error("loop_exception", message=context.get("message"), exc=repr(context.get("exception")))
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        loop.set_exception_handler(self._loop_exception)
+        self.scheduler.now = loop.time()
+        s = self.settings
+        self.core = Core(s, self.scheduler, self._send, self.log, self.stats)
+        self._tcp = TcpTransport(self._on_data, s.sip.max_message_bytes, s.sip.tcp_idle_timeout_s)
+        for item in s.sip.listen:
+            host, port = parse_hostport(item)
+            if "udp" in s.sip.transports:
+                self._udp.append(await UdpTransport.listen(host, port, self._on_data))
+            if "tcp" in s.sip.transports:
+                await self._tcp.listen(host, port)
+        runner = await self._start_http()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        self.log.info("started", listen=s.sip.listen, transports=s.sip.transports,
+                      next_hop=s.routing.next_hop, http=s.http.listen)
+        await self._stopping.wait()
+        await self._drain()
+        await runner.cleanup()
+        for udp in self._udp:
+            udp.close()
+        await self._tcp.close()
+        self.log.info("stopped", escaped_exceptions=self.stats.escaped_exceptions)
+        return 0
+
+    async def _start_http(self) -> web.AppRunner:
+        core = self.core
+        assert core is not None
+        tl = core.tl
+        collector = StatsCollector(
+            self.stats,
+            gauges=lambda: {
+                "b2bua_active_calls": ("Calls in progress", core.active_calls),
+                "b2bua_transactions": ("Live SIP transactions", len(tl)),
+                "b2bua_tcp_connections": ("Open SIP TCP connections", self._tcp.connections if self._tcp else 0),
+            },
+            counters=lambda: {
+                "b2bua_sip_retransmissions": ("SIP retransmissions sent", tl.retransmissions),
+                "b2bua_transaction_timeouts": ("SIP transactions timed out", tl.timeouts),
+            },
+        )
+        registry = make_registry(collector)
+        app = make_http_app(registry, healthy=lambda: core.accepting)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        host, port = parse_hostport(self.settings.http.listen, 9090)
+        await web.TCPSite(runner, host, port).start()
+        return runner
+
+    async def _drain(self) -> None:
+        core = self.core
+        assert core is not None and self._loop is not None
+        core.stop_accepting()
+        timeout = self.settings.shutdown.drain_timeout_s
+        self.log.info("draining", active_calls=core.active_calls, timeout_s=timeout)
+        deadline = self._loop.time() + timeout
+        while core.active_calls and self._loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        if core.active_calls:
+            self.log.warning("drain_timeout", active_calls=core.active_calls)
+            self._on_core(lambda: core.hangup_all("daemon shutting down"))
+            # Give the BYEs a moment to be answered; the calls end as their BYEs complete.
+            end = self._loop.time() + 2.0
+            while core.active_calls and self._loop.time() < end:
+                await asyncio.sleep(0.05)
+
+    def _on_core(self, fn: Any) -> None:
+        assert self._loop is not None
+        try:
+            self.scheduler.advance(self._loop.time())
+            fn()
+        except Exception:
+            self.stats.escaped_exceptions += 1
+            self.log.exception("escaped_exception", where="shutdown")
+        self._arm_timer()

@@ -1,0 +1,459 @@
+"""A bridged call: the state machine that relays between the A leg and the B leg.
+
+How this works: the core creates a `Call` for each new INVITE it accepts and then feeds it events:
+responses to the B leg's INVITE (`on_invite_response`), in-dialog requests arriving on either leg
+(`on_request`), ACKs (`on_ack`), responses to requests the call sent (`on_response`), CANCEL from
+the caller and timeouts. The call answers with actions through its `CallContext` (send a request,
+respond, ACK, CANCEL), which the core implements on top of the transaction layer.
+
+Relaying keeps every transaction on one leg paired with its twin on the other: a request arriving on
+leg X as server transaction `sx` goes out on leg Y as client transaction `cy`, and `cy`'s final
+response answers `sx`. 2xx responses to INVITE are ACKed end to end: when the INVITE carried an
+offer we ACK the answering leg at once; when it did not (late offer) we wait for the other leg's ACK,
+whose body is the answer, and relay it. A call ends when both legs are finished: BYE answered or
+timed out, or the B leg's INVITE finally answered after a CANCEL; only then is it counted.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Protocol
+
+from ..sip.address import Address
+from ..sip.dialog import Dialog, DialogState
+from ..sip.headers import NameAddr
+from ..sip.message import Headers, Request, Response, build_response
+from ..sip.uri import parse_uri
+from .header_policy import HeaderPolicy
+from .leg import Leg, Side
+
+# Requests a leg may relay within a dialog; the rest are answered 405 or handled specially.
+RELAYED_METHODS = frozenset({"INVITE", "UPDATE", "INFO", "MESSAGE", "OPTIONS", "NOTIFY", "PRACK"})
+TARGET_REFRESH = frozenset({"INVITE", "UPDATE"})
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, MESSAGE, NOTIFY, PRACK"
+
+
+class CallState(enum.Enum):
+    CALLING = "calling"  # INVITE sent on the B leg, nothing heard yet
+    EARLY = "early"  # a provisional response relayed to the caller
+    CONFIRMED = "confirmed"  # the callee answered and the caller has the 2xx
+    CANCELLING = "cancelling"  # the caller gave up: waiting for the B leg's INVITE to finish
+    ENDING = "ending"  # BYE sent, waiting for the answers
+    ENDED = "ended"
+
+
+class CallContext(Protocol):
+    """What a call needs from the core (implemented by `b2bua.core.Core`)."""
+
+    policy: HeaderPolicy
+    no_answer_timeout: float
+
+    def new_tag(self) -> str: ...
+    def new_call_id(self) -> str: ...
+    def contact_for(self, transport: str) -> str: ...
+    def send_request(self, leg: Leg, request: Request, dest: Address) -> Any: ...
+    def send_ack(self, leg: Leg, ack: Request, dest: Address) -> None: ...
+    def cancel(self, tx: Any) -> None: ...
+    def respond(self, tx: Any, response: Response) -> None: ...
+    def call_later(self, delay: float, callback: Any) -> Any: ...
+    def register_leg(self, leg: Leg) -> None: ...
+    def call_ended(self, call: Call, result: str) -> None: ...
+    def log_event(self, call: Call, event: str, **fields: Any) -> None: ...
+
+
+# Status codes we change when relaying a final response to the caller.
+_STATUS_MAP = {
+    401: 403,  # we do not hold the caller's credentials for the callee's challenge
+    407: 403,
+    503: 500,  # RFC 3261 §16.7: a 503 from downstream must not make upstream think *we* are overloaded
+}
+
+
+class Call:
+    def __init__(self, ctx: CallContext, invite: Request, a_tx: Any, source: Address,
+                 next_hop: Address) -> None:
+        self.ctx = ctx
+        self.state = CallState.CALLING
+        self.result: str | None = None
+        self.a_invite = invite
+        self.a = Leg(self, Side.A, invite.call_id, ctx.new_tag(), source.transport, source)
+        self.a.invite_tx = a_tx
+        self.a.dialog = Dialog.from_request(invite, self.a.local_tag)
+        self.b = Leg(self, Side.B, ctx.new_call_id(), ctx.new_tag(), next_hop.transport, next_hop)
+        self.b_invite: Request | None = None
+        self.a_answered = False  # a final response was sent to the caller's INVITE
+        self.b_final = False  # the B leg's INVITE got its final response (or timed out)
+        self._relays: dict[Any, Any] = {}  # client tx on one leg -> server tx on the other (None: done)
+        self._byes: set[Any] = set()
+        self._ack_wait: dict[Side, tuple[Leg, int]] = {}  # leg whose ACK we await -> (leg to ACK, cseq)
+        self._no_answer_timer: Any = None
+
+    @property
+    def call_id(self) -> str:
+        return self.a.call_id
+
+    def other(self, leg: Leg) -> Leg:
+        return self.b if leg is self.a else self.a
+
+    # -- setting up ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        ctx = self.ctx
+        ctx.register_leg(self.a)
+        ctx.register_leg(self.b)
+        invite = self.a_invite
+        hop = self.b.peer
+        uri = invite.uri
+        user = getattr(uri, "user", None)
+        host = hop.host_for_uri
+        ruri = f"sip:{user + '@' if user else ''}{host}:{hop.port}"
+        if hop.transport != "udp":
+            ruri += f";transport={hop.transport}"
+        a_from, a_to = invite.from_, invite.to
+        from_value = str(NameAddr(a_from.uri, a_from.display, (("tag", self.b.local_tag),)))
+        to_value = str(NameAddr(a_to.uri, a_to.display))
+        mf = invite.max_forwards
+        headers: list[tuple[str, str]] = [
+            ("From", from_value),
+            ("To", to_value),
+            ("Call-ID", self.b.call_id),
+            ("CSeq", "1 INVITE"),
+            ("Max-Forwards", str((mf if mf is not None else 70) - 1)),
+            ("Contact", ctx.contact_for(hop.transport)),
+            ("Allow", ALLOW),
+        ]
+        headers.extend(ctx.policy.request_headers(invite))
+        b_invite = Request("INVITE", parse_uri(ruri), Headers(headers), invite.body)
+        self.b_invite = b_invite
+        self.b.invite_tx = ctx.send_request(self.b, b_invite, hop)
+        self._no_answer_timer = ctx.call_later(ctx.no_answer_timeout, self._no_answer)
+        ctx.log_event(self, "call_started", b_call_id=self.b.call_id, next_hop=str(hop))
+
+    def _no_answer(self) -> None:
+        self._no_answer_timer = None
+        if self.a_answered or self.state in (CallState.CANCELLING, CallState.ENDED):
+            return
+        self._respond_a(408, "Request Timeout (no answer)")
+        self._give_up("timeout")
+
+    # -- the B leg's INVITE ------------------------------------------------------------------------
+
+    def on_invite_response(self, tx: Any, resp: Response) -> None:
+        status = resp.status
+        if status == 100:
+            return
+        if status < 200:
+            self._on_b_provisional(resp)
+        elif status < 300:
+            self._on_b_success(resp)
+        else:
+            self._on_b_failure(resp)
+
+    def _on_b_provisional(self, resp: Response) -> None:
+        tag = resp.to_tag
+        if tag and tag not in self.b.early and self.b_invite is not None:
+            self.b.early[tag] = Dialog.from_response(self.b_invite, resp)
+        if self.a_answered or self.state is not CallState.CALLING and self.state is not CallState.EARLY:
+            return
+        self.state = CallState.EARLY
+        headers = self.ctx.policy.response_headers(resp)
+        if tag:
+            headers.append(("Contact", self.ctx.contact_for(self.a.transport)))
+        self.ctx.respond(self.a.invite_tx, build_response(
+            self.a_invite, resp.status, resp.reason, to_tag=self.a.local_tag, headers=headers, body=resp.body))
+
+    def _on_b_success(self, resp: Response) -> None:
+        assert self.b_invite is not None
+        tag = resp.to_tag or ""
+        if self.b.dialog is not None:
+            if self.b.dialog.remote_tag == tag:
+                self._resend_ack(self.b, resp)  # a retransmitted 2xx: our ACK was lost
+            else:
+                self._reject_fork(resp)  # RFC 3261 §13.2.2.4: a second fork answered too
+            return
+        self.b_final = True
+        self._cancel_no_answer()
+        dialog = self.b.early.pop(tag, None) or Dialog.from_response(self.b_invite, resp)
+        dialog.confirm(resp)
+        self.b.dialog = dialog
+        self.b.early.clear()
+        if self.state is CallState.CANCELLING or self.a_answered:
+            # The 200 crossed our CANCEL (or the caller is gone): take the call and hang it up.
+            self._ack(self.b, self.b_invite.cseq.seq, b"")
+            self._send_bye(self.b)
+            self._maybe_finish()
+            return
+        if self.b_invite.body:
+            self._ack(self.b, self.b_invite.cseq.seq, b"")
+        else:
+            self._ack_wait[Side.A] = (self.b, self.b_invite.cseq.seq)  # late offer: A's ACK has the answer
+        headers = self.ctx.policy.response_headers(resp)
+        headers.append(("Contact", self.ctx.contact_for(self.a.transport)))
+        headers.append(("Allow", ALLOW))
+        self.a_answered = True
+        assert self.a.dialog is not None
+        self.a.dialog.state = DialogState.CONFIRMED
+        self.state = CallState.CONFIRMED
+        self.result = "answered"
+        self.ctx.respond(self.a.invite_tx, build_response(
+            self.a_invite, resp.status, resp.reason, to_tag=self.a.local_tag, headers=headers, body=resp.body))
+        self.ctx.log_event(self, "call_answered")
+
+    def _reject_fork(self, resp: Response) -> None:
+        assert self.b_invite is not None
+        fork = Dialog.from_response(self.b_invite, resp)
+        ack = fork.create_request("ACK", cseq=self.b_invite.cseq.seq)
+        self.ctx.send_ack(self.b, ack, fork.next_hop() or self.b.peer)
+        bye = fork.create_request("BYE", [("Reason", 'SIP;cause=200;text="Call completed elsewhere"')])
+        self._byes.add(self.ctx.send_request(self.b, bye, fork.next_hop() or self.b.peer))
+
+    def _on_b_failure(self, resp: Response) -> None:
+        self.b_final = True
+        self._cancel_no_answer()
+        if self.state is CallState.CANCELLING or self.a_answered:
+            self._maybe_finish()
+            return
+        status = _STATUS_MAP.get(resp.status, resp.status)
+        reason = resp.reason if status == resp.status else None
+        headers = self.ctx.policy.response_headers(resp)
+        if 300 <= status < 400:
+            headers.extend(("Contact", c) for c in resp.headers.values("Contact"))
+        self._respond_a(status, reason, headers, resp.body)
+        self.result = "rejected"
+        self._finish()
+
+    def on_invite_timeout(self) -> None:
+        """The B leg's INVITE got no final response (Timer B) or could not be sent."""
+        self.b_final = True
+        self._cancel_no_answer()
+        if not self.a_answered and self.state is not CallState.CANCELLING:
+            self._respond_a(408, "Request Timeout (next hop did not answer)")
+            self.result = "failed"
+        self._maybe_finish(force=True)
+
+    def on_invite_transport_error(self) -> None:
+        self.b_final = True
+        self._cancel_no_answer()
+        if not self.a_answered and self.state is not CallState.CANCELLING:
+            self._respond_a(503, "Service Unavailable (next hop unreachable)")
+            self.result = "failed"
+        self._maybe_finish(force=True)
+
+    # -- the caller gives up -----------------------------------------------------------------------
+
+    def on_cancel(self) -> None:
+        """CANCEL matched the caller's INVITE (the core has already answered it 200)."""
+        if self.a_answered:
+            return  # too late: the 2xx is on its way (RFC 3261 §9.2), the call goes on
+        self._respond_a(487, None)
+        self._give_up("cancelled")
+
+    def _give_up(self, result: str) -> None:
+        self.result = result
+        self._cancel_no_answer()
+        if self.b_final:
+            if self.b.confirmed:
+                self._send_bye(self.b)
+            self._maybe_finish(force=not self.b.confirmed)
+            return
+        self.state = CallState.CANCELLING
+        if self.b.invite_tx is not None:
+            self.ctx.cancel(self.b.invite_tx)
+
+    def on_a_invite_timeout(self) -> None:
+        """The caller never ACKed our 2xx (Timer L), or never ACKed a failure (Timer H)."""
+        if self.state is CallState.CONFIRMED:
+            self.result = "failed"
+            self.hangup(reason="no ACK from caller")
+
+    # -- in-dialog requests ------------------------------------------------------------------------
+
+    def on_request(self, leg: Leg, tx: Any, req: Request) -> None:
+        method = req.method
+        dialog = leg.dialog
+        if dialog is None or dialog.state is DialogState.TERMINATED:
+            self.ctx.respond(tx, build_response(req, 481))
+            return
+        if not dialog.check_remote_cseq(req):
+            self.ctx.respond(tx, build_response(req, 500, "Out of order CSeq"))
+            return
+        if method == "BYE":
+            self.ctx.respond(tx, build_response(req, 200))
+            self.ctx.log_event(self, "bye_received", side=leg.label)
+            self.hangup(from_leg=leg)
+            return
+        if method == "REFER":
+            # Transfers arrive with the transfer issue; until then the policy is "reject".
+            self.ctx.respond(tx, build_response(req, 403, "Forbidden (transfer not enabled)"))
+            return
+        if method not in RELAYED_METHODS:
+            self.ctx.respond(tx, build_response(req, 405, headers=[("Allow", ALLOW)]))
+            return
+        other = self.other(leg)
+        if not other.confirmed or self.state is not CallState.CONFIRMED:
+            self.ctx.respond(tx, build_response(req, 491 if method == "INVITE" else 500, None,
+                                                headers=[("Retry-After", "1")]))
+            return
+        if method == "INVITE" and (leg.reinvite_pending or other.reinvite_pending):
+            self.ctx.respond(tx, build_response(req, 491))  # RFC 3261 §14.2: glare
+            return
+        mf = req.max_forwards
+        if mf is not None and mf <= 0:
+            self.ctx.respond(tx, build_response(req, 483))
+            return
+        if method in TARGET_REFRESH:
+            dialog.refresh_target(req)
+        headers = self.ctx.policy.request_headers(req)
+        if method in TARGET_REFRESH:
+            headers.append(("Contact", self.ctx.contact_for(other.transport)))
+        assert other.dialog is not None
+        out = other.dialog.create_request(method, headers, req.body)
+        # RFC 7332: a B2BUA decrements Max-Forwards across legs instead of resetting it.
+        out = out.with_headers(out.headers.set("Max-Forwards", str((mf if mf is not None else 70) - 1)))
+        if method == "INVITE":
+            other.reinvite_pending = True
+        ctx_tx = self.ctx.send_request(other, out, other.destination())
+        self._relays[ctx_tx] = (tx, leg)
+
+    def on_ack(self, leg: Leg, ack: Request) -> None:
+        waiting = self._ack_wait.pop(leg.side, None)
+        if waiting is not None:
+            target, cseq = waiting
+            self._ack(target, cseq, ack.body, ack.headers.get("Content-Type"))
+
+    # -- responses to requests this call sent (other than the B leg's INVITE) ---------------------
+
+    def on_response(self, leg: Leg, tx: Any, resp: Response) -> None:
+        if tx in self._byes:
+            if resp.status >= 200:
+                self._byes.discard(tx)
+                self._maybe_finish()
+            return
+        if tx not in self._relays:
+            return
+        relay = self._relays[tx]
+        if relay is None:
+            # Already relayed its final: a 2xx retransmission to a re-INVITE; repeat our ACK.
+            if resp.is_success and tx.request.method == "INVITE":
+                self._resend_ack(leg, resp)
+            return
+        stx, from_leg = relay
+        if resp.status == 100:
+            return
+        method = tx.request.method
+        if resp.status >= 200:
+            self._relays[tx] = None  # answered; kept to recognise 2xx retransmissions
+            if method == "INVITE":
+                leg.reinvite_pending = False
+            if resp.is_success and method in TARGET_REFRESH:
+                assert leg.dialog is not None
+                leg.dialog.refresh_target(resp)
+            if method == "INVITE" and resp.is_success:
+                if tx.request.body:
+                    self._ack(leg, tx.request.cseq.seq, b"")
+                else:
+                    self._ack_wait[from_leg.side] = (leg, tx.request.cseq.seq)
+        headers = self.ctx.policy.response_headers(resp)
+        if method in TARGET_REFRESH and resp.status < 300:
+            headers.append(("Contact", self.ctx.contact_for(from_leg.transport)))
+        self.ctx.respond(stx, build_response(stx.request, resp.status, resp.reason, headers=headers,
+                                             body=resp.body))
+        if resp.status in (408, 481) and self.state is CallState.CONFIRMED:
+            # RFC 3261 §12.2.1.2: the dialog is gone on that side; end the call on both.
+            self.hangup(reason=f"{resp.status} to in-dialog {method}")
+
+    def on_timeout(self, leg: Leg, tx: Any) -> None:
+        """A request this call sent got no final response (Timer B/F) or hit a transport error."""
+        if tx in self._byes:
+            self._byes.discard(tx)
+            self._maybe_finish()
+            return
+        relay = self._relays.pop(tx, None)
+        if relay is not None:
+            stx, _ = relay
+            if tx.request.method == "INVITE":
+                leg.reinvite_pending = False
+            self.ctx.respond(stx, build_response(stx.request, 408))
+            if self.state is CallState.CONFIRMED:
+                self.result = self.result or "failed"
+                self.hangup(reason=f"timeout of in-dialog {tx.request.method}")
+
+    # -- ending ------------------------------------------------------------------------------------
+
+    def hangup(self, from_leg: Leg | None = None, reason: str | None = None) -> None:
+        """End the call: BYE every confirmed leg except the one that sent BYE; cancel what rings."""
+        if self.state in (CallState.ENDING, CallState.ENDED):
+            return
+        if from_leg is not None and from_leg.dialog is not None:
+            from_leg.dialog.state = DialogState.TERMINATED
+        if not self.a_answered:
+            # The callee hung up an early dialog, or the caller used BYE before the answer.
+            if from_leg is self.a or from_leg is None:
+                self._respond_a(487 if from_leg is self.a else 480, None)
+                self._give_up(self.result or "cancelled")
+                return
+        self.state = CallState.ENDING
+        for leg in (self.a, self.b):
+            if leg is not from_leg and leg.confirmed:
+                self._send_bye(leg, reason)
+        if not self.b_final and self.b.invite_tx is not None:
+            self.ctx.cancel(self.b.invite_tx)
+        self._maybe_finish()
+
+    def _send_bye(self, leg: Leg, reason: str | None = None) -> None:
+        assert leg.dialog is not None
+        headers = [("Reason", f'SIP;cause=200;text="{reason}"')] if reason else []
+        bye = leg.dialog.create_request("BYE", headers)
+        leg.dialog.state = DialogState.TERMINATED
+        self._byes.add(self.ctx.send_request(leg, bye, leg.destination()))
+        self.state = CallState.ENDING if self.state is not CallState.CANCELLING else self.state
+
+    def _maybe_finish(self, force: bool = False) -> None:
+        if self.state is CallState.ENDED:
+            return
+        if self._byes:
+            return
+        if not self.b_final and not force:
+            return
+        if self.state in (CallState.ENDING, CallState.CANCELLING) or force:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self.state is CallState.ENDED:
+            return
+        self.state = CallState.ENDED
+        self._cancel_no_answer()
+        self.ctx.call_ended(self, self.result or "failed")
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _respond_a(self, status: int, reason: str | None, headers: list[tuple[str, str]] | None = None,
+                   body: bytes = b"") -> None:
+        if self.a_answered:
+            return
+        self.a_answered = True
+        if self.a.dialog is not None:
+            self.a.dialog.state = DialogState.TERMINATED
+        self.ctx.respond(self.a.invite_tx, build_response(
+            self.a_invite, status, reason, to_tag=self.a.local_tag, headers=headers or [], body=body))
+
+    def _ack(self, leg: Leg, cseq: int, body: bytes, content_type: str | None = None) -> None:
+        assert leg.dialog is not None
+        headers = [("Content-Type", content_type)] if body and content_type else []
+        ack = leg.dialog.create_request("ACK", headers, body, cseq=cseq)
+        dest = leg.destination()
+        leg.ack = (ack, dest)
+        leg.ack_for = (cseq, leg.dialog.remote_tag or "")
+        self.ctx.send_ack(leg, ack, dest)
+
+    def _resend_ack(self, leg: Leg, resp: Response) -> None:
+        if leg.ack is not None and leg.ack_for == (resp.cseq.seq, resp.to_tag or ""):
+            self.ctx.send_ack(leg, *leg.ack)
+
+    def _cancel_no_answer(self) -> None:
+        if self._no_answer_timer is not None:
+            self._no_answer_timer.cancel()
+            self._no_answer_timer = None
+
+    def transactions(self) -> list[Any]:
+        return [*self._relays, *self._byes]

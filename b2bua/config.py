@@ -1,0 +1,208 @@
+"""The daemon's configuration: one pydantic model, loaded from defaults, a file, env and flags.
+
+How this works: `Settings` is the whole configuration with a default for every field, so the daemon
+runs with no file at all (the embedded default: SIP on 127.0.0.1:5060, calls to a PBX on
+127.0.0.1:5080). `load_settings` layers, lowest first: the defaults, a TOML or YAML file
+(`--config`), environment variables `B2BUA_<SECTION>__<FIELD>` (e.g. `B2BUA_CALLS__NO_ANSWER_TIMEOUT_S=30`),
+and command-line flags. Validation happens once, on the merged result, and a bad value raises
+`ConfigError` whose message names the field (`calls.no_answer_timeout_s: ...`), before anything binds.
+No other module reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .sip.address import Address
+from .sip.uri import SipUri, UriError, parse_uri, split_hostport
+
+ENV_PREFIX = "B2BUA_"
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message names every offending field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_hostport(text: str, default_port: int = 5060) -> tuple[str, int]:
+    try:
+        host, port = split_hostport(text)
+    except UriError as exc:
+        raise ValueError(str(exc)) from None
+    return (host[1:-1] if host.startswith("[") else host), port or default_port
+
+
+def parse_next_hop(text: str) -> Address:
+    """`host:port[;transport=tcp]` or a SIP URI `sip:host:port;transport=tcp`."""
+    text = text.strip()
+    if not text.lower().startswith(("sip:", "sips:")):
+        text = "sip:" + text
+    try:
+        uri = parse_uri(text)
+    except UriError as exc:
+        raise ValueError(str(exc)) from None
+    if not isinstance(uri, SipUri):
+        raise ValueError("next hop must be host:port or a sip: URI")
+    transport = uri.transport
+    if transport not in ("udp", "tcp"):
+        raise ValueError(f"transport {transport!r} not supported (udp or tcp)")
+    return Address(transport, uri.host_bare, uri.port or 5060)
+
+
+class SipSettings(_Section):
+    listen: list[str] = Field(default=["127.0.0.1:5060"], min_length=1,
+                              description="host:port pairs; each listens on UDP and TCP")
+    transports: list[Literal["udp", "tcp"]] = ["udp", "tcp"]
+    advertised_host: str | None = Field(
+        default=None, description="host to put in Via/Contact instead of the listen address (e.g. behind NAT)")
+    t1_ms: int = Field(500, ge=10, le=10_000)
+    t2_ms: int = Field(4000, ge=100, le=60_000)
+    t4_ms: int = Field(5000, ge=100, le=60_000)
+    max_message_bytes: int = Field(65535, ge=1500, le=1_048_576)
+    tcp_idle_timeout_s: float = Field(300.0, gt=0)
+    user_agent: str = "b2bua/0.1"
+
+    @field_validator("listen")
+    @classmethod
+    def _valid_listen(cls, v: list[str]) -> list[str]:
+        for item in v:
+            parse_hostport(item)
+        return v
+
+
+class RouteRule(_Section):
+    """Send calls whose Request-URI matches to `next_hop`; the first matching rule wins."""
+
+    user_prefix: str | None = None
+    domain: str | None = None
+    next_hop: str
+
+    @field_validator("next_hop")
+    @classmethod
+    def _valid_hop(cls, v: str) -> str:
+        parse_next_hop(v)
+        return v
+
+    @model_validator(mode="after")
+    def _has_match(self) -> RouteRule:
+        if self.user_prefix is None and self.domain is None:
+            raise ValueError("a rule needs user_prefix or domain (use routing.next_hop as the default)")
+        return self
+
+
+class RoutingSettings(_Section):
+    next_hop: str | None = Field("127.0.0.1:5080", description="default destination (e.g. the PBX)")
+    rules: list[RouteRule] = []
+
+    @field_validator("next_hop")
+    @classmethod
+    def _valid_hop(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_next_hop(v)
+        return v
+
+
+class CallSettings(_Section):
+    no_answer_timeout_s: float = Field(120.0, gt=0, description="CANCEL the B leg after this long without an answer")
+    max_calls: int = Field(20_000, ge=1, description="new INVITEs beyond this get 503")
+    # Which headers of the A leg's INVITE are copied to the B leg (case-insensitive names; a name
+    # ending in '*' is a prefix). Everything else that is end-to-end stays on its own leg.
+    pass_headers: list[str] = ["P-Asserted-Identity", "P-Preferred-Identity", "Privacy", "Subject",
+                               "Alert-Info", "Call-Info", "Diversion", "History-Info", "X-*"]
+
+
+class HttpSettings(_Section):
+    listen: str = Field("127.0.0.1:9090", description="host:port for /metrics and /healthz")
+
+    @field_validator("listen")
+    @classmethod
+    def _valid(cls, v: str) -> str:
+        parse_hostport(v, 9090)
+        return v
+
+
+class ShutdownSettings(_Section):
+    drain_timeout_s: float = Field(30.0, ge=0)
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(_Section):
+    sip: SipSettings = SipSettings()
+    routing: RoutingSettings = RoutingSettings()
+    calls: CallSettings = CallSettings()
+    http: HttpSettings = HttpSettings()
+    shutdown: ShutdownSettings = ShutdownSettings()
+    log: LogSettings = LogSettings()
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(text)
+        else:
+            data = yaml.safe_load(text) or {}
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a table/mapping of sections")
+    return data
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """B2BUA_SECTION__FIELD=value -> {"section": {"field": value}}; lists as comma-separated."""
+    out: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        section, _, field = key[len(ENV_PREFIX):].lower().partition("__")
+        model = Settings.model_fields.get(section)
+        if model is None:
+            raise ConfigError(f"{key}: unknown section {section!r}")
+        ann = model.annotation
+        fields = getattr(ann, "model_fields", {})
+        if field not in fields:
+            raise ConfigError(f"{key}: unknown field {section}.{field}")
+        is_list = str(fields[field].annotation).startswith("list")
+        out.setdefault(section, {})[field] = [v.strip() for v in value.split(",") if v.strip()] if is_list else value
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = _merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def load_settings(path: str | None = None, environ: dict[str, str] | None = None,
+                  overrides: dict[str, Any] | None = None) -> Settings:
+    data: dict[str, Any] = _read_file(Path(path)) if path else {}
+    data = _merge(data, _env_overrides(dict(os.environ if environ is None else environ)))
+    data = _merge(data, overrides or {})
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            problems.append(f"{loc}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

@@ -1,0 +1,283 @@
+"""The B2BUA core: from bytes received to calls, with no I/O of its own.
+
+How this works: the I/O shell hands every datagram or stream frame to `Core.receive(data, source)`
+after moving the shared `Scheduler` to the current time. The core parses it (a malformed request
+that can be answered gets its 400/505 here, statelessly; anything else malformed is counted and
+dropped), feeds it to the transaction layer, and receives back, as the layer's transaction user,
+new requests, responses, and timeouts. Requests that belong to a leg (by Call-ID and our tag) go to
+that leg's `Call`; new INVITEs pass the admission checks (416, 420, 483, 503 while draining or full,
+404 without a route) and become calls; OPTIONS is answered here. Everything the core sends leaves
+through the `send(data, address)` callable the shell gave it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from .call.call import ALLOW, Call
+from .call.header_policy import HeaderPolicy
+from .call.leg import Leg
+from .config import Settings, parse_hostport
+from .metrics import Stats
+from .routing.static import StaticRouter
+from .sip.address import Address
+from .sip.message import Request, Response, build_response, reason_for
+from .sip.parser import ParseError, parse_message
+from .sip.scheduler import Scheduler
+from .sip.transaction import TimerConfig, TransactionLayer
+from .sip.uri import AbsoluteUri, SipUri
+
+SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()  # option tags we implement (RFC 3261 §8.2.2.3)
+KNOWN_METHODS = frozenset({"INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "UPDATE", "INFO",
+                           "MESSAGE", "NOTIFY", "SUBSCRIBE", "REFER", "PRACK", "PUBLISH"})
+
+
+class Core:
+    def __init__(self, settings: Settings, scheduler: Scheduler, send: Callable[[bytes, Address], None],
+                 log: Any, stats: Stats | None = None) -> None:
+        self.settings = settings
+        self.scheduler = scheduler
+        self.stats = stats or Stats()
+        self.log = log
+        self._send = send
+        sip = settings.sip
+        host, port = parse_hostport(sip.listen[0])
+        self.local_host = sip.advertised_host or host
+        self.local_port = port
+        self.tl = TransactionLayer(
+            scheduler, self, self._send, self._local,
+            TimerConfig(t1=sip.t1_ms / 1000, t2=sip.t2_ms / 1000, t4=sip.t4_ms / 1000),
+        )
+        self.router = StaticRouter(settings.routing)
+        self.policy = HeaderPolicy(settings.calls.pass_headers)
+        self.no_answer_timeout = settings.calls.no_answer_timeout_s
+        self.accepting = True
+        self.calls: set[Call] = set()
+        self._legs: dict[tuple[str, str], Leg] = {}
+        self._tx_owner: dict[Any, Leg] = {}  # transactions a call is waiting on -> its leg
+        self._call_txs: dict[Call, list[Any]] = {}
+        self._a_invites: dict[Any, Call] = {}  # caller's INVITE server tx -> call (CANCEL matching)
+
+    # -- input from the shell ------------------------------------------------------------------
+
+    def receive(self, data: bytes, source: Address) -> None:
+        try:
+            msg = parse_message(data)
+        except ParseError as exc:
+            self.stats.malformed[exc.kind] += 1
+            if exc.answerable and exc.request is not None and exc.request.method != "ACK":
+                resp = build_response(exc.request, exc.status, f"{reason_for(exc.status)} ({exc.reason})")
+                self.stats.responses_out[exc.status] += 1
+                self._send(resp.serialize(), _response_address(exc.request, source))
+            return
+        if isinstance(msg, Request):
+            self.stats.requests_in[msg.method] += 1
+        else:
+            self.stats.responses_in[msg.status] += 1
+        self.tl.receive(msg, source)
+
+    # -- TransactionUser ---------------------------------------------------------------------------
+
+    def on_request(self, tx: Any, request: Request, source: Address) -> None:
+        method = request.method
+        if method == "ACK":
+            leg = self._legs.get((request.call_id, request.to_tag or ""))
+            if leg is not None:
+                leg.call.on_ack(leg, request)
+            return
+        if method == "CANCEL":
+            invite_tx = self.tl.find_invite_for_cancel(request)
+            call = self._a_invites.get(invite_tx) if invite_tx is not None else None
+            self.respond(tx, build_response(request, 200 if call is not None else 481))
+            if call is not None:
+                call.on_cancel()
+            return
+        to_tag = request.to_tag
+        if to_tag:
+            leg = self._legs.get((request.call_id, to_tag))
+            if leg is not None:
+                leg.call.on_request(leg, tx, request)
+            elif method == "OPTIONS":
+                self._answer_options(tx, request)
+            else:
+                self.respond(tx, build_response(request, 481))
+            return
+        self._new_request(tx, request, source)
+
+    def _new_request(self, tx: Any, request: Request, source: Address) -> None:
+        method = request.method
+        uri = request.uri
+        if not isinstance(uri, SipUri) and not (isinstance(uri, AbsoluteUri) and uri.scheme == "tel"):
+            self.respond(tx, build_response(request, 416))
+            return
+        unknown = [t for t in request.option_tags("Require") if t not in SUPPORTED_EXTENSIONS]
+        if unknown and method != "CANCEL":
+            self.respond(tx, build_response(request, 420, headers=[("Unsupported", ", ".join(unknown))]))
+            return
+        if method == "OPTIONS":
+            self._answer_options(tx, request)
+        elif method == "INVITE":
+            self._new_call(tx, request, source)
+        elif method in ("BYE", "UPDATE", "INFO", "PRACK", "NOTIFY", "REFER"):
+            self.respond(tx, build_response(request, 481))  # in-dialog methods without a dialog
+        elif method in KNOWN_METHODS:
+            self.respond(tx, build_response(request, 405, headers=[("Allow", ALLOW)]))
+        else:
+            self.respond(tx, build_response(request, 501))
+
+    def _new_call(self, tx: Any, invite: Request, source: Address) -> None:
+        if not self.accepting:
+            self.respond(tx, build_response(invite, 503, "Service Unavailable (shutting down)",
+                                            headers=[("Retry-After", "30")]))
+            return
+        if len(self.calls) >= self.settings.calls.max_calls:
+            self.respond(tx, build_response(invite, 503, "Service Unavailable (call limit)",
+                                            headers=[("Retry-After", "5")]))
+            return
+        mf = invite.max_forwards
+        if mf is not None and mf <= 0:
+            self.respond(tx, build_response(invite, 483))
+            return
+        hop = self.router.route(invite.uri)
+        if hop is None:
+            self.respond(tx, build_response(invite, 404, "Not Found (no route)"))
+            return
+        call = Call(self, invite, tx, source, hop)
+        self.calls.add(call)
+        self._call_txs[call] = [tx]
+        self._tx_owner[tx] = call.a
+        self._a_invites[tx] = call
+        call.start()
+
+    def _answer_options(self, tx: Any, request: Request) -> None:
+        self.respond(tx, build_response(request, 200, headers=[
+            ("Allow", ALLOW), ("Accept", "application/sdp"), ("Server", self.settings.sip.user_agent)]))
+
+    def on_response(self, tx: Any, response: Response) -> None:
+        leg = self._tx_owner.get(tx)
+        if leg is None:
+            return
+        call = leg.call
+        if tx is call.b.invite_tx:
+            call.on_invite_response(tx, response)
+        else:
+            call.on_response(leg, tx, response)
+
+    def on_stray_response(self, response: Response, source: Address) -> None:
+        # A 2xx to our INVITE retransmitted after its transaction ended: repeat the ACK (§13.2.2.4).
+        try:
+            if response.is_success and response.cseq.method == "INVITE":
+                leg = self._legs.get((response.call_id, response.from_tag or ""))
+                if leg is not None:
+                    leg.call._resend_ack(leg, response)
+        except ValueError:
+            self.stats.malformed["stray-response"] += 1
+
+    def on_timeout(self, tx: Any) -> None:
+        leg = self._tx_owner.get(tx)
+        if leg is None:
+            return
+        call = leg.call
+        if tx is call.a.invite_tx:
+            call.on_a_invite_timeout()
+        elif tx is call.b.invite_tx:
+            call.on_invite_timeout()
+        else:
+            call.on_timeout(leg, tx)
+
+    def on_transport_error(self, tx: Any) -> None:
+        leg = self._tx_owner.get(tx)
+        if leg is None:
+            return
+        call = leg.call
+        if tx is call.b.invite_tx:
+            call.on_invite_transport_error()
+        elif tx is not call.a.invite_tx:
+            call.on_timeout(leg, tx)
+
+    # -- CallContext -------------------------------------------------------------------------------
+
+    def new_tag(self) -> str:
+        return os.urandom(6).hex()
+
+    def new_call_id(self) -> str:
+        return f"{os.urandom(12).hex()}@{self.local_host}"
+
+    def contact_for(self, transport: str) -> str:
+        host = f"[{self.local_host}]" if ":" in self.local_host else self.local_host
+        suffix = "" if transport == "udp" else f";transport={transport}"
+        return f"<sip:b2bua@{host}:{self.local_port}{suffix}>"
+
+    def send_request(self, leg: Leg, request: Request, dest: Address) -> Any:
+        tx = self.tl.send_request(request, dest)
+        self.stats.requests_out[request.method] += 1
+        self._own(leg, tx)
+        return tx
+
+    def send_ack(self, leg: Leg, ack: Request, dest: Address) -> None:
+        self.stats.requests_out["ACK"] += 1
+        self.tl.send_ack(ack, dest)
+
+    def cancel(self, tx: Any) -> None:
+        leg = self._tx_owner.get(tx)
+        cancel_tx = self.tl.cancel(tx)
+        if cancel_tx is not None:
+            self.stats.requests_out["CANCEL"] += 1
+            if leg is not None:
+                self._own(leg, cancel_tx)
+
+    def respond(self, tx: Any, response: Response) -> None:
+        self.stats.responses_out[response.status] += 1
+        tx.respond(response)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Any:
+        return self.scheduler.call_later(delay, callback)
+
+    def register_leg(self, leg: Leg) -> None:
+        self._legs[leg.key] = leg
+
+    def call_ended(self, call: Call, result: str) -> None:
+        self.calls.discard(call)
+        for leg in (call.a, call.b):
+            self._legs.pop(leg.key, None)
+        for tx in self._call_txs.pop(call, ()):
+            self._tx_owner.pop(tx, None)
+            self._a_invites.pop(tx, None)
+        self.stats.calls[result] += 1
+        self.log_event(call, "call_ended", result=result)
+
+    def log_event(self, call: Call, event: str, **fields: Any) -> None:
+        self.log.info(event, call_id=call.call_id, **fields)
+
+    def _own(self, leg: Leg, tx: Any) -> None:
+        self._tx_owner[tx] = leg
+        self._call_txs.setdefault(leg.call, []).append(tx)
+
+    def _local(self, transport: str) -> tuple[str, int]:
+        return self.local_host, self.local_port
+
+    # -- shutdown ----------------------------------------------------------------------------------
+
+    def stop_accepting(self) -> None:
+        self.accepting = False
+
+    def hangup_all(self, reason: str) -> None:
+        for call in list(self.calls):
+            call.hangup(reason=reason)
+
+    @property
+    def active_calls(self) -> int:
+        return len(self.calls)
+
+
+def _response_address(request: Request, source: Address) -> Address:
+    """Where a stateless response goes (RFC 3261 §18.2.2 with RFC 3581 rport)."""
+    if source.reliable:
+        return source
+    via = request.top_via
+    host = via.param("received") or source.host
+    if via.has_param("rport"):
+        return Address(source.transport, host, source.port)
+    return Address(source.transport, host, via.port or 5060)

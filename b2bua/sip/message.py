@@ -1,0 +1,328 @@
+"""SIP requests and responses as immutable values (RFC 3261 §7).
+
+How this works: a message is a start line, an ordered tuple of `(name, raw value)` header pairs and
+a body kept as bytes (multipart and unknown content types pass through untouched). Messages are
+frozen: code that wants a different message builds one (`with_headers`, `Headers.set`...), so a
+message that was handed to a transaction can never change under it. Structured views (`vias`,
+`cseq`, `from_`, `to`...) are parsed on first use and cached on the instance. `serialize()` always
+writes a Content-Length that matches the body, so framing over TCP can never be wrong because of us.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+from .headers import (
+    LIST_HEADERS,
+    CSeq,
+    HeaderError,
+    NameAddr,
+    Via,
+    canonical_name,
+    parse_cseq,
+    parse_name_addr,
+    parse_token_list,
+    parse_via,
+    split_list,
+)
+from .uri import Uri, ascii_int
+
+SIP_VERSION = "SIP/2.0"
+
+
+class Headers:
+    """An immutable, ordered multi-map of header lines with case-insensitive lookup."""
+
+    __slots__ = ("_items", "_keys")
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._items: tuple[tuple[str, str], ...] = tuple(
+            (canonical_name(n), v) for n, v in items
+        )
+        self._keys: tuple[str, ...] = tuple(n.lower() for n, _ in self._items)
+
+    @classmethod
+    def _trusted(cls, items: tuple[tuple[str, str], ...], keys: tuple[str, ...]) -> Headers:
+        h = cls.__new__(cls)
+        h._items = items
+        h._keys = keys
+        return h
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and canonical_name(name).lower() in self._keys
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Headers) and self._items == other._items
+
+    def __repr__(self) -> str:
+        return f"Headers({list(self._items)!r})"
+
+    def get(self, name: str) -> str | None:
+        key = canonical_name(name).lower()
+        for k, (_, v) in zip(self._keys, self._items, strict=True):
+            if k == key:
+                return v
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every line of this header, in order (not split on commas)."""
+        key = canonical_name(name).lower()
+        return [v for k, (_, v) in zip(self._keys, self._items, strict=True) if k == key]
+
+    def values(self, name: str) -> list[str]:
+        """Every value of a list header, lines split on commas (RFC 3261 §7.3.1)."""
+        lines = self.get_all(name)
+        if canonical_name(name).lower() not in LIST_HEADERS:
+            return lines
+        out: list[str] = []
+        for line in lines:
+            out.extend(split_list(line))
+        return out
+
+    def set(self, name: str, value: str | Iterable[str]) -> Headers:
+        """Replace every line of `name` with `value` (one line per item), at the first's place."""
+        name = canonical_name(name)
+        key = name.lower()
+        new = [(name, value)] if isinstance(value, str) else [(name, v) for v in value]
+        items: list[tuple[str, str]] = []
+        placed = False
+        for k, item in zip(self._keys, self._items, strict=True):
+            if k == key:
+                if not placed:
+                    items.extend(new)
+                    placed = True
+            else:
+                items.append(item)
+        if not placed:
+            items.extend(new)
+        return Headers._trusted(tuple(items), tuple(n.lower() for n, _ in items))
+
+    def add(self, name: str, value: str, *, first: bool = False) -> Headers:
+        """Add one line: at the top of the message (Via, Record-Route) or at the end."""
+        name = canonical_name(name)
+        if first:
+            return Headers._trusted(((name, value), *self._items), (name.lower(), *self._keys))
+        return Headers._trusted((*self._items, (name, value)), (*self._keys, name.lower()))
+
+    def remove(self, *names: str) -> Headers:
+        drop = {canonical_name(n).lower() for n in names}
+        pairs = [(k, it) for k, it in zip(self._keys, self._items, strict=True) if k not in drop]
+        return Headers._trusted(tuple(it for _, it in pairs), tuple(k for k, _ in pairs))
+
+    def pop_first_value(self, name: str) -> Headers:
+        """Remove the first value of a list header (the top Via, the first Route).
+
+        For a header that is not a list (From, WWW-Authenticate...) the first line goes whole:
+        its commas are not separators."""
+        key = canonical_name(name).lower()
+        is_list = key in LIST_HEADERS
+        items: list[tuple[str, str]] = []
+        done = False
+        for k, (n, v) in zip(self._keys, self._items, strict=True):
+            if k == key and not done:
+                done = True
+                rest = split_list(v)[1:] if is_list else None
+                if rest:
+                    items.append((n, ", ".join(rest)))
+                continue
+            items.append((n, v))
+        return Headers._trusted(tuple(items), tuple(n.lower() for n, _ in items))
+
+
+class _Message:
+    """Accessors shared by Request and Response; parsed once, then cached."""
+
+    headers: Headers
+    body: bytes
+
+    @cached_property
+    def vias(self) -> list[Via]:
+        return [parse_via(v) for v in self.headers.values("Via")]
+
+    @property
+    def top_via(self) -> Via:
+        vias = self.vias
+        if not vias:
+            raise HeaderError("missing Via")
+        return vias[0]
+
+    @cached_property
+    def cseq(self) -> CSeq:
+        v = self.headers.get("CSeq")
+        if v is None:
+            raise HeaderError("missing CSeq")
+        return parse_cseq(v)
+
+    @cached_property
+    def call_id(self) -> str:
+        v = self.headers.get("Call-ID")
+        if not v:
+            raise HeaderError("missing Call-ID")
+        return v.strip()
+
+    @cached_property
+    def from_(self) -> NameAddr:
+        return _required_name_addr(self.headers, "From")
+
+    @cached_property
+    def to(self) -> NameAddr:
+        return _required_name_addr(self.headers, "To")
+
+    @property
+    def from_tag(self) -> str | None:
+        return self.from_.tag
+
+    @property
+    def to_tag(self) -> str | None:
+        return self.to.tag
+
+    @cached_property
+    def contacts(self) -> list[NameAddr]:
+        return [parse_name_addr(v) for v in self.headers.values("Contact")]
+
+    @cached_property
+    def record_route(self) -> list[NameAddr]:
+        return [parse_name_addr(v) for v in self.headers.values("Record-Route")]
+
+    def option_tags(self, name: str) -> list[str]:
+        """Require / Supported / Proxy-Require / Unsupported as lower-case tokens."""
+        return parse_token_list(self.headers.get_all(name))
+
+    @property
+    def content_type(self) -> str | None:
+        v = self.headers.get("Content-Type")
+        return v.split(";", 1)[0].strip().lower() if v else None
+
+    def _serialize(self, start_line: str) -> bytes:
+        lines = [start_line]
+        lines.extend(f"{n}: {v}" for n, v in self.headers if n != "Content-Length")
+        lines.append(f"Content-Length: {len(self.body)}")
+        head = "\r\n".join(lines) + "\r\n\r\n"
+        return head.encode("utf-8", "surrogateescape") + self.body
+
+
+def _required_name_addr(headers: Headers, name: str) -> NameAddr:
+    v = headers.get(name)
+    if v is None:
+        raise HeaderError(f"missing {name}")
+    return parse_name_addr(v)
+
+
+@dataclass(frozen=True, eq=False)
+class Request(_Message):
+    method: str
+    uri: Uri
+    headers: Headers
+    body: bytes = b""
+    version: str = SIP_VERSION
+
+    def serialize(self) -> bytes:
+        return self._serialize(f"{self.method} {self.uri} {self.version}")
+
+    def with_headers(self, headers: Headers) -> Request:
+        return replace(self, headers=headers)
+
+    @property
+    def branch(self) -> str | None:
+        return self.top_via.branch
+
+    @property
+    def max_forwards(self) -> int | None:
+        v = self.headers.get("Max-Forwards")
+        if v is None:
+            return None
+        return ascii_int(v.strip(), 10)
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri}>"
+
+
+@dataclass(frozen=True, eq=False)
+class Response(_Message):
+    status: int
+    reason: str
+    headers: Headers
+    body: bytes = b""
+    version: str = SIP_VERSION
+
+    def serialize(self) -> bytes:
+        return self._serialize(f"{self.version} {self.status} {self.reason}")
+
+    def with_headers(self, headers: Headers) -> Response:
+        return replace(self, headers=headers)
+
+    @property
+    def is_provisional(self) -> bool:
+        return self.status < 200
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status < 300
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason}>"
+
+
+Message = Request | Response
+
+REASONS = {
+    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
+    183: "Session Progress", 199: "Early Dialog Terminated", 200: "OK", 202: "Accepted",
+    204: "No Notification", 300: "Multiple Choices", 301: "Moved Permanently",
+    302: "Moved Temporarily", 380: "Alternative Service", 400: "Bad Request", 401: "Unauthorized",
+    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable",
+    407: "Proxy Authentication Required", 408: "Request Timeout", 410: "Gone",
+    413: "Request Entity Too Large", 415: "Unsupported Media Type", 416: "Unsupported URI Scheme",
+    420: "Bad Extension", 421: "Extension Required", 422: "Session Interval Too Small",
+    423: "Interval Too Brief", 480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist", 482: "Loop Detected", 483: "Too Many Hops",
+    484: "Address Incomplete", 485: "Ambiguous", 486: "Busy Here", 487: "Request Terminated",
+    488: "Not Acceptable Here", 489: "Bad Event", 491: "Request Pending", 493: "Undecipherable",
+    500: "Server Internal Error", 501: "Not Implemented", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Server Time-out", 505: "Version Not Supported",
+    513: "Message Too Large", 600: "Busy Everywhere", 603: "Decline",
+    604: "Does Not Exist Anywhere", 606: "Not Acceptable",
+}
+
+
+def reason_for(status: int) -> str:
+    return REASONS.get(status) or {1: "Progress", 2: "OK", 3: "Redirect", 4: "Client Error",
+                                   5: "Server Error", 6: "Global Failure"}.get(status // 100, "Unknown")
+
+
+# Headers a response copies from its request (RFC 3261 §8.2.6.2).
+_COPIED_TO_RESPONSE = ("Via", "From", "To", "Call-ID", "CSeq")
+
+
+def build_response(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+) -> Response:
+    """A response to `request`: Via, From, To, Call-ID and CSeq copied; a To tag added if given
+    and the request's To has none (RFC 3261 §8.2.6.2). Record-Route is copied for 18x/2xx to
+    dialog-creating requests by the dialog layer, not here."""
+    items: list[tuple[str, str]] = []
+    for name, value in request.headers:
+        if name in _COPIED_TO_RESPONSE:
+            if name == "To" and to_tag is not None and status != 100:
+                try:
+                    if request.to.tag is None:
+                        value = f"{value};tag={to_tag}"
+                except ValueError:
+                    pass
+            items.append((name, value))
+    items.extend(headers)
+    return Response(status, reason or reason_for(status), Headers(items), body)
