@@ -111,10 +111,6 @@ class Transaction:
         return self.request.method
 
     @property
-    def reliable(self) -> bool:
-        return self._dest.reliable
-
-    @property
     def _dest(self) -> Address:
         raise NotImplementedError
 
@@ -163,14 +159,15 @@ class Transaction:
 
     def _send(self, data: bytes) -> bool:
         """Hand bytes to the transport; on OSError the transaction ends (RFC 3261 §17.1.4)."""
+        layer = self.layer
         try:
-            self.layer._send(data, self._dest)
+            layer._transport_send(data, self._dest)
             return True
         except OSError:
-            self._terminate()
-            layer = self.layer
-            layer.transport_errors += 1
-            layer.scheduler.call_later(0, lambda: layer.tu.on_transport_error(self))  # type: ignore[arg-type]
+            if self.state is not TERMINATED:
+                self._terminate()
+                layer.transport_errors += 1
+                layer.scheduler.call_later(0, lambda: layer.tu.on_transport_error(self))  # type: ignore[arg-type]
             return False
 
 
@@ -522,7 +519,7 @@ class TransactionLayer:
         self.scheduler = scheduler
         self.tu = tu
         self.config = config
-        self._send = send
+        self._transport_send = send
         self._local = local
         self._clients: dict[tuple, ClientTransaction] = {}
         self._servers: dict[tuple, ServerTransaction] = {}
@@ -559,10 +556,12 @@ class TransactionLayer:
             tx._on_response(response)
 
     def _receive_request(self, request: Request, source: Address) -> None:
+        ack_key: tuple = ()
         try:
             request = _stamp_via(request, source)
             key = _server_key(request)
-            ack_key = (request.call_id, request.cseq.seq, request.from_tag, request.to_tag)
+            if request.method == "ACK":
+                ack_key = (request.call_id, request.cseq.seq, request.from_tag, request.to_tag)
         except ValueError:
             self.malformed += 1
             return
@@ -590,7 +589,7 @@ class TransactionLayer:
 
     def _match_server(self, key: tuple, request: Request) -> ServerTransaction | None:
         tx = self._servers.get(key)
-        if tx is None or key[0] is not _LEGACY:
+        if tx is None or key[0] != _LEGACY:
             return tx
         # RFC 2543 matching (§17.2.3) also compares To tags: the request's for a retransmission
         # or a CANCEL, the tag of our response for an ACK.
@@ -625,7 +624,7 @@ class TransactionLayer:
         dialog notices a lost ACK through the peer's 2xx retransmissions or its BYE."""
         ack, dest, wire = self._add_via(ack, dest)
         try:
-            self._send(wire, dest)
+            self._transport_send(wire, dest)
         except OSError:
             self.transport_errors += 1
         return ack

@@ -1,0 +1,19 @@
+# Runtime image for the B2BUA. Build: docker build -t b2bua .
+# Run:   docker run --network host b2bua --listen 0.0.0.0:5060 --next-hop PBX_IP:5060 --http 0.0.0.0:9090
+FROM python:3.11-slim-bookworm AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY b2bua ./b2bua
+COPY rtp_relay ./rtp_relay
+RUN python -m venv /opt/b2bua/venv && /opt/b2bua/venv/bin/pip install --no-cache-dir .
+
+FROM python:3.11-slim-bookworm
+RUN useradd --system --no-create-home b2bua
+COPY --from=build /opt/b2bua/venv /opt/b2bua/venv
+USER b2bua
+EXPOSE 5060/udp 5060/tcp 9090/tcp
+HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:9090/healthz', timeout=2)" || exit 1
+# SIGTERM drains calls (see README); give it as long as shutdown.drain_timeout_s: docker stop -t 60
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/opt/b2bua/venv/bin/b2bua"]
+CMD ["--listen", "0.0.0.0:5060", "--http", "0.0.0.0:9090"]
