@@ -36,7 +36,7 @@ class Daemon:
         self.stats = Stats()
         self.scheduler = Scheduler()
         self.core: Core | None = None
-        self._udp: list[UdpTransport] = []
+        self._udp: dict[bool, UdpTransport] = {}  # by "is IPv6": one socket per address family
         self._tcp: TcpTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -47,7 +47,10 @@ class Daemon:
 
     def _send(self, data: bytes, dest: Address) -> None:
         if dest.transport == "udp":
-            self._udp[0].send(data, dest)
+            udp = self._udp.get(":" in dest.host)
+            if udp is None:
+                raise OSError(f"no UDP socket for the address family of {dest.host}")
+            udp.send(data, dest)
         elif dest.transport == "tcp" and self._tcp is not None:
             self._tcp.send(data, dest)
         else:
@@ -101,7 +104,7 @@ class Daemon:
         for item in s.sip.listen:
             host, port = parse_hostport(item)
             if "udp" in s.sip.transports:
-                self._udp.append(await UdpTransport.listen(host, port, self._on_data))
+                self._udp.setdefault(":" in host, await UdpTransport.listen(host, port, self._on_data))
             if "tcp" in s.sip.transports:
                 await self._tcp.listen(host, port)
         runner = await self._start_http()
@@ -112,7 +115,7 @@ class Daemon:
         await self._stopping.wait()
         await self._drain()
         await runner.cleanup()
-        for udp in self._udp:
+        for udp in self._udp.values():
             udp.close()
         await self._tcp.close()
         self.log.info("stopped", escaped_exceptions=self.stats.escaped_exceptions)

@@ -8,7 +8,6 @@ process exits with status 2 before binding anything. The event loop is uvloop.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from typing import Any
 

@@ -73,5 +73,5 @@ class StatsCollector:
 
 def make_registry(collector: StatsCollector) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)  # type: ignore[arg-type]
+    registry.register(collector)
     return registry

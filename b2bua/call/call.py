@@ -386,12 +386,11 @@ class Call:
             return
         if from_leg is not None and from_leg.dialog is not None:
             from_leg.dialog.state = DialogState.TERMINATED
-        if not self.a_answered:
-            # The callee hung up an early dialog, or the caller used BYE before the answer.
-            if from_leg is self.a or from_leg is None:
-                self._respond_a(487 if from_leg is self.a else 480, None)
-                self._give_up(self.result or "cancelled")
-                return
+        if not self.a_answered and from_leg is not self.b:
+            # The caller used BYE before the answer (treated as CANCEL), or we shut down while ringing.
+            self._respond_a(487 if from_leg is self.a else 480, None)
+            self._give_up(self.result or "cancelled")
+            return
         self.state = CallState.ENDING
         for leg in (self.a, self.b):
             if leg is not from_leg and leg.confirmed:

@@ -103,7 +103,7 @@ class TcpTransport:
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(lambda: TcpConnection(self), key[0], key[1]), timeout=10)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             self.connect_failures += 1
             self._connecting.pop(key, None)
             return

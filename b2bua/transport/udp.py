@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from ..sip.address import Address
 
@@ -25,7 +26,7 @@ class UdpTransport(asyncio.DatagramProtocol):
         # uvloop's UDPTransport does not subclass asyncio.DatagramTransport; it has the same API.
         self._transport = transport  # type: ignore[assignment]
 
-    def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         self._on_data(data, Address("udp", addr[0], addr[1]))
 
     def error_received(self, exc: Exception) -> None:
