@@ -43,9 +43,11 @@ class Core:
         self.log = log
         self._send = send
         sip = settings.sip
-        host, port = parse_hostport(sip.listen[0])
-        self.local_host = sip.advertised_host or host
-        self.local_port = port
+        # What we write in Via and Contact: a listen address of the destination's family (so an
+        # IPv6 peer is never told to reach us at an IPv4 address), or the advertised host.
+        self._listen = [parse_hostport(item) for item in sip.listen]
+        self.local_host, self.local_port = self._listen[0]
+        self._advertised = sip.advertised_host
         self.tl = TransactionLayer(
             scheduler, self, self._send, self._local,
             TimerConfig(t1=sip.t1_ms / 1000, t2=sip.t2_ms / 1000, t4=sip.t4_ms / 1000),
@@ -205,10 +207,12 @@ class Core:
     def new_call_id(self) -> str:
         return f"{os.urandom(12).hex()}@{self.local_host}"
 
-    def contact_for(self, transport: str) -> str:
-        host = f"[{self.local_host}]" if ":" in self.local_host else self.local_host
-        suffix = "" if transport == "udp" else f";transport={transport}"
-        return f"<sip:b2bua@{host}:{self.local_port}{suffix}>"
+    def contact_for(self, dest: Address) -> str:
+        host, port = self._local(dest)
+        if ":" in host:
+            host = f"[{host}]"
+        suffix = "" if dest.transport == "udp" else f";transport={dest.transport}"
+        return f"<sip:b2bua@{host}:{port}{suffix}>"
 
     def send_request(self, leg: Leg, request: Request, dest: Address) -> Any:
         tx = self.tl.send_request(request, dest)
@@ -255,8 +259,12 @@ class Core:
         self._tx_owner[tx] = leg
         self._call_txs.setdefault(leg.call, []).append(tx)
 
-    def _local(self, transport: str) -> tuple[str, int]:
-        return self.local_host, self.local_port
+    def _local(self, dest: Address) -> tuple[str, int]:
+        v6 = ":" in dest.host
+        for host, port in self._listen:
+            if (":" in host) == v6:
+                return self._advertised or host, port
+        return self._advertised or self.local_host, self.local_port
 
     # -- shutdown ----------------------------------------------------------------------------------
 

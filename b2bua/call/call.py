@@ -50,7 +50,7 @@ class CallContext(Protocol):
 
     def new_tag(self) -> str: ...
     def new_call_id(self) -> str: ...
-    def contact_for(self, transport: str) -> str: ...
+    def contact_for(self, dest: Address) -> str: ...
     def send_request(self, leg: Leg, request: Request, dest: Address) -> Any: ...
     def send_ack(self, leg: Leg, ack: Request, dest: Address) -> None: ...
     def cancel(self, tx: Any) -> None: ...
@@ -76,10 +76,10 @@ class Call:
         self.state = CallState.CALLING
         self.result: str | None = None
         self.a_invite = invite
-        self.a = Leg(self, Side.A, invite.call_id, ctx.new_tag(), source.transport, source)
+        self.a = Leg(self, Side.A, invite.call_id, ctx.new_tag(), source)
         self.a.invite_tx = a_tx
         self.a.dialog = Dialog.from_request(invite, self.a.local_tag)
-        self.b = Leg(self, Side.B, ctx.new_call_id(), ctx.new_tag(), next_hop.transport, next_hop)
+        self.b = Leg(self, Side.B, ctx.new_call_id(), ctx.new_tag(), next_hop)
         self.b_invite: Request | None = None
         self.a_answered = False  # a final response was sent to the caller's INVITE
         self.b_final = False  # the B leg's INVITE got its final response (or timed out)
@@ -119,7 +119,7 @@ class Call:
             ("Call-ID", self.b.call_id),
             ("CSeq", "1 INVITE"),
             ("Max-Forwards", str((mf if mf is not None else 70) - 1)),
-            ("Contact", ctx.contact_for(hop.transport)),
+            ("Contact", ctx.contact_for(hop)),
             ("Allow", ALLOW),
         ]
         headers.extend(ctx.policy.request_headers(invite))
@@ -158,7 +158,7 @@ class Call:
         self.state = CallState.EARLY
         headers = self.ctx.policy.response_headers(resp)
         if tag:
-            headers.append(("Contact", self.ctx.contact_for(self.a.transport)))
+            headers.append(("Contact", self.ctx.contact_for(self.a.peer)))
         self.ctx.respond(self.a.invite_tx, build_response(
             self.a_invite, resp.status, resp.reason, to_tag=self.a.local_tag, headers=headers, body=resp.body))
 
@@ -188,7 +188,7 @@ class Call:
         else:
             self._ack_wait[Side.A] = (self.b, self.b_invite.cseq.seq)  # late offer: A's ACK has the answer
         headers = self.ctx.policy.response_headers(resp)
-        headers.append(("Contact", self.ctx.contact_for(self.a.transport)))
+        headers.append(("Contact", self.ctx.contact_for(self.a.peer)))
         headers.append(("Allow", ALLOW))
         self.a_answered = True
         assert self.a.dialog is not None
@@ -305,7 +305,7 @@ class Call:
             dialog.refresh_target(req)
         headers = self.ctx.policy.request_headers(req)
         if method in TARGET_REFRESH:
-            headers.append(("Contact", self.ctx.contact_for(other.transport)))
+            headers.append(("Contact", self.ctx.contact_for(other.peer)))
         assert other.dialog is not None
         out = other.dialog.create_request(method, headers, req.body)
         # RFC 7332: a B2BUA decrements Max-Forwards across legs instead of resetting it.
@@ -355,7 +355,7 @@ class Call:
                     self._ack_wait[from_leg.side] = (leg, tx.request.cseq.seq)
         headers = self.ctx.policy.response_headers(resp)
         if method in TARGET_REFRESH and resp.status < 300:
-            headers.append(("Contact", self.ctx.contact_for(from_leg.transport)))
+            headers.append(("Contact", self.ctx.contact_for(from_leg.peer)))
         self.ctx.respond(stx, build_response(stx.request, resp.status, resp.reason, headers=headers,
                                              body=resp.body))
         if resp.status in (408, 481) and self.state is CallState.CONFIRMED:

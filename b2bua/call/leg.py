@@ -32,7 +32,6 @@ class Leg:
     side: Side
     call_id: str
     local_tag: str
-    transport: str  # transport we use toward this peer
     peer: Address  # where the first request came from / went to
     dialog: Dialog | None = None
     early: dict[str, Dialog] = field(default_factory=dict)  # B leg forks, by remote tag

@@ -513,7 +513,7 @@ class TransactionLayer:
         scheduler: Scheduler,
         tu: TransactionUser,
         send: Callable[[bytes, Address], None],
-        local: Callable[[str], tuple[str, int]],
+        local: Callable[[Address], tuple[str, int]],
         config: TimerConfig = TimerConfig(),  # noqa: B008 - frozen, shared safely
     ) -> None:
         self.scheduler = scheduler
@@ -689,18 +689,17 @@ class TransactionLayer:
     def _add_via(self, request: Request, dest: Address) -> tuple[Request, Address, bytes]:
         """Put our Via on top and choose the transport (RFC 3261 §18.1.1, RFC 3581 rport)."""
         branch = MAGIC_COOKIE + secrets.token_hex(8)
-        stamped = request.with_headers(request.headers.add("Via", self._via(dest.transport, branch),
-                                                           first=True))
+        stamped = request.with_headers(request.headers.add("Via", self._via(dest, branch), first=True))
         wire = stamped.serialize()
         if dest.transport == "udp" and len(wire) > UDP_SIZE_LIMIT:
             dest = Address("tcp", dest.host, dest.port)
-            stamped = request.with_headers(request.headers.add("Via", self._via("tcp", branch),
-                                                               first=True))
+            stamped = request.with_headers(request.headers.add("Via", self._via(dest, branch), first=True))
             wire = stamped.serialize()
         return stamped, dest, wire
 
-    def _via(self, transport: str, branch: str) -> str:
-        host, port = self._local(transport)
+    def _via(self, dest: Address, branch: str) -> str:
+        transport = dest.transport
+        host, port = self._local(dest)
         if ":" in host:
             host = f"[{host}]"
         return f"SIP/2.0/{transport.upper()} {host}:{port};branch={branch};rport"

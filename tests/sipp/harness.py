@@ -96,7 +96,7 @@ def free_port_block(size: int = 4) -> int:
 def _port_is_bound(port: int, proto: str) -> bool:
     """Read-only check (no bind attempt, so no race with the owner) via /proc/net."""
     want = f"{port:04X}"
-    tables = {"udp": ["/proc/net/udp"], "tcp": ["/proc/net/tcp"]}[proto]
+    tables = {"udp": ["/proc/net/udp", "/proc/net/udp6"], "tcp": ["/proc/net/tcp", "/proc/net/tcp6"]}[proto]
     for table in tables:
         try:
             with open(table) as fh:
@@ -105,7 +105,7 @@ def _port_is_bound(port: int, proto: str) -> bool:
                     fields = line.split()
                     local = fields[1]
                     state = fields[3]
-                    if local.split(":")[1] != want:
+                    if local.rsplit(":", 1)[1] != want:
                         continue
                     if proto == "tcp" and state != "0A":  # LISTEN
                         continue
@@ -191,6 +191,7 @@ class Daemon:
         *,
         next_hop_port: int | None = None,
         next_hop_transport: str = "udp",
+        next_hop_host: str = LOOPBACK,
         env: Mapping[str, str] | None = None,
         config_file: Path | None = None,
         direct: bool = False,
@@ -200,6 +201,7 @@ class Daemon:
         self.direct = direct
         self.next_hop_port = next_hop_port or free_port()
         self.next_hop_transport = next_hop_transport
+        self.next_hop_host = next_hop_host  # "::1" puts the B leg on IPv6 (the daemon listens on both)
         self.listen_port = free_port()
         self.http_port = free_port()
         self.extra_env = dict(env or {})
@@ -216,7 +218,8 @@ class Daemon:
         return self.next_hop_port if self.direct else self.listen_port
 
     def command(self) -> list[str]:
-        next_hop = f"{LOOPBACK}:{self.next_hop_port}"
+        v6 = ":" in self.next_hop_host
+        next_hop = f"[{self.next_hop_host}]:{self.next_hop_port}" if v6 else f"{self.next_hop_host}:{self.next_hop_port}"
         if self.next_hop_transport == "tcp":
             next_hop += ";transport=tcp"
         cmd = [
@@ -226,6 +229,8 @@ class Daemon:
             "--http", f"{LOOPBACK}:{self.http_port}",
             "--log-level", "info",
         ]  # fmt: skip
+        if v6:
+            cmd += ["--listen", f"[{self.next_hop_host}]:{self.listen_port}"]
         if self.config_file:
             cmd += ["--config", str(self.config_file)]
         return cmd
@@ -474,7 +479,7 @@ class PairResult:
         return self.uac.describe() + "\n" + self.uas.describe()
 
 
-def _make_agent(role: str, scen: str, workdir: Path, **opts):
+def _make_agent(role: str, scen: str, workdir: Path, host: str = LOOPBACK, **opts):
     import pysipp  # imported lazily: only the SIPp tests need it
 
     name = Path(scen).stem
@@ -491,8 +496,8 @@ def _make_agent(role: str, scen: str, workdir: Path, **opts):
     factory = pysipp.server if role == "uas" else pysipp.client
     agent = factory(
         scen_file=str(SCENARIO_DIR / scen),
-        local_host=LOOPBACK,
-        media_addr=LOOPBACK,
+        local_host=host,
+        media_addr=host,
         trace_message=True,
         trace_error=True,
         trace_calldebug=True,
@@ -600,7 +605,7 @@ def run_sipp_pair(
         pause_duration=pause_ms,
     )
     uas_agent, uas_files = _make_agent(
-        "uas", uas, workdir,
+        "uas", uas, workdir, daemon.next_hop_host,
         local_port=daemon.next_hop_port,
         media_port=free_port_block(),
         transport=b_transport,

@@ -101,3 +101,15 @@ def test_early_media_183_then_200(daemon, sipp_pair):
     assert m.get("b2bua_calls_total", result="answered") == 1, m
     assert m.get("b2bua_sip_responses_total", code="183", direction="in") >= 1, m
     assert m.get("b2bua_sip_responses_total", code="183", direction="out") >= 1, m
+
+
+@pytest.mark.parametrize("b_transport", ["u1", "t1"])
+def test_ipv4_caller_to_ipv6_callee(start_daemon, sipp_pair, b_transport):
+    """The B leg runs over [::1]: our Via/Contact there must be IPv6, or the callee's BYE goes nowhere."""
+    daemon = start_daemon(next_hop_host="::1", next_hop_transport="tcp" if b_transport == "t1" else "udp")
+    result = sipp_pair(daemon, "uas_callee_bye.xml", "uac_callee_bye.xml", b_transport=b_transport)
+    b_invite = next(t for t in traced_messages(result.uas.message_file) if t.method == "INVITE")
+    assert f"[::1]:{daemon.listen_port}" in (b_invite.header("Via") or ""), b_invite.text
+    assert f"[::1]:{daemon.listen_port}" in (b_invite.header("Contact") or ""), b_invite.text
+    m = daemon.wait_metric("b2bua_calls_total", 1, result="answered")
+    assert m.get("b2bua_sip_requests_total", method="BYE", direction="in") == 1

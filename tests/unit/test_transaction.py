@@ -87,7 +87,7 @@ class H:
         self.sched = Scheduler()
         self.tu = FakeTU()
         self.wire = Wire(self.sched)
-        self.layer = TransactionLayer(self.sched, self.tu, self.wire, LOCAL.__getitem__,
+        self.layer = TransactionLayer(self.sched, self.tu, self.wire, lambda dest: LOCAL[dest.transport],
                                       config or TimerConfig())
 
     def at(self, t: float) -> None:
@@ -165,7 +165,7 @@ def test_send_request_adds_our_via(h: H) -> None:
 
 def test_ipv6_local_address_bracketed_in_via() -> None:
     h = H()
-    h.layer._local = lambda transport: ("2001:db8::1", 5060)
+    h.layer._local = lambda dest: ("2001:db8::1", 5060)
     h.layer.send_request(outgoing("OPTIONS"), Address("udp", "2001:db8::2", 5060))
     assert h.wire.last().top_via.host == "[2001:db8::1]"
 
