@@ -178,25 +178,22 @@ class Core:
             self.stats.malformed["stray-response"] += 1
 
     def on_timeout(self, tx: Any) -> None:
+        self._transaction_failed(tx, transport_error=False)
+
+    def on_transport_error(self, tx: Any) -> None:
+        self._transaction_failed(tx, transport_error=True)
+
+    def _transaction_failed(self, tx: Any, transport_error: bool) -> None:
         leg = self._tx_owner.get(tx)
         if leg is None:
             return
         call = leg.call
         if tx is call.a.invite_tx:
-            call.on_a_invite_timeout()
+            if not transport_error:
+                call.on_a_invite_timeout()  # no ACK came (Timer H / L)
         elif tx is call.b.invite_tx:
-            call.on_invite_timeout()
+            call.on_invite_failed(transport_error)
         else:
-            call.on_timeout(leg, tx)
-
-    def on_transport_error(self, tx: Any) -> None:
-        leg = self._tx_owner.get(tx)
-        if leg is None:
-            return
-        call = leg.call
-        if tx is call.b.invite_tx:
-            call.on_invite_transport_error()
-        elif tx is not call.a.invite_tx:
             call.on_timeout(leg, tx)
 
     # -- CallContext -------------------------------------------------------------------------------

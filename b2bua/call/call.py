@@ -222,20 +222,15 @@ class Call:
         self.result = "rejected"
         self._finish()
 
-    def on_invite_timeout(self) -> None:
-        """The B leg's INVITE got no final response (Timer B) or could not be sent."""
+    def on_invite_failed(self, transport_error: bool) -> None:
+        """The B leg's INVITE got no final response (Timer B), or could not be sent at all."""
         self.b_final = True
         self._cancel_no_answer()
         if not self.a_answered and self.state is not CallState.CANCELLING:
-            self._respond_a(408, "Request Timeout (next hop did not answer)")
-            self.result = "failed"
-        self._maybe_finish(force=True)
-
-    def on_invite_transport_error(self) -> None:
-        self.b_final = True
-        self._cancel_no_answer()
-        if not self.a_answered and self.state is not CallState.CANCELLING:
-            self._respond_a(503, "Service Unavailable (next hop unreachable)")
+            if transport_error:
+                self._respond_a(503, "Service Unavailable (next hop unreachable)")
+            else:
+                self._respond_a(408, "Request Timeout (next hop did not answer)")
             self.result = "failed"
         self._maybe_finish(force=True)
 

@@ -219,7 +219,8 @@ class Daemon:
 
     def command(self) -> list[str]:
         v6 = ":" in self.next_hop_host
-        next_hop = f"[{self.next_hop_host}]:{self.next_hop_port}" if v6 else f"{self.next_hop_host}:{self.next_hop_port}"
+        host = f"[{self.next_hop_host}]" if v6 else self.next_hop_host
+        next_hop = f"{host}:{self.next_hop_port}"
         if self.next_hop_transport == "tcp":
             next_hop += ";transport=tcp"
         cmd = [

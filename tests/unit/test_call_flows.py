@@ -7,6 +7,18 @@ from b2bua.sip.parser import parse_message
 from .wire import CALLER, PBX, SDP, Wire, in_dialog, invite, response_to
 
 
+def cancel_for(invite_text: str) -> str:
+    """The caller's CANCEL for its INVITE (RFC 3261 §9.1: same Via, From, To, Call-ID, CSeq number)."""
+    inv = parse_message((invite_text.replace("\n", "\r\n") + "\r\n\r\n").encode())
+    return f"""CANCEL {inv.uri} SIP/2.0
+Via: {inv.headers.get("Via")}
+From: {inv.headers.get("From")}
+To: {inv.headers.get("To")}
+Call-ID: {inv.call_id}
+CSeq: {inv.cseq.seq} CANCEL
+Max-Forwards: 70"""
+
+
 def _b_invite(w: Wire):
     [b_inv] = w.requests(PBX, "INVITE")
     return b_inv
@@ -80,15 +92,7 @@ def test_cancel_while_ringing():
     w.inject(text, body=SDP)
     b_inv = _b_invite(w)
     w.inject(response_to(b_inv, 180, "Ringing"), PBX)
-    a_via = parse_message((text.replace("\n", "\r\n") + "\r\n\r\n").encode()).headers.get("Via")
-    w.inject(f"""CANCEL sip:bob@127.0.0.1:5060 SIP/2.0
-Via: {a_via}
-From: "Alice" <sip:alice@127.0.0.1:5070>;tag=x
-To: <sip:bob@127.0.0.1:5060>
-Call-ID: {call_id}
-CSeq: 1 CANCEL
-Max-Forwards: 70""".replace(";tag=x", ";tag=" + parse_message(
-        (text.replace("\n", "\r\n") + "\r\n\r\n").encode()).from_tag))
+    w.inject(cancel_for(text))
     assert [r.status for r in w.responses(CALLER) if r.status >= 200] == [200, 487]
     [b_cancel] = w.requests(PBX, "CANCEL")
     assert b_cancel.branch == b_inv.branch
@@ -104,14 +108,7 @@ def test_200_crossing_cancel_is_acked_and_hung_up():
     w.inject(text, body=SDP)
     b_inv = _b_invite(w)
     w.inject(response_to(b_inv, 180, "Ringing"), PBX)
-    msg = parse_message((text.replace("\n", "\r\n") + "\r\n\r\n").encode())
-    w.inject(f"""CANCEL sip:bob@127.0.0.1:5060 SIP/2.0
-Via: {msg.headers.get("Via")}
-From: {msg.headers.get("From")}
-To: {msg.headers.get("To")}
-Call-ID: {call_id}
-CSeq: 1 CANCEL
-Max-Forwards: 70""")
+    w.inject(cancel_for(text))
     # The callee answers before it sees the CANCEL.
     w.inject(response_to(b_inv, 200, "OK"), PBX, body=SDP)
     assert not w.responses(CALLER, 200) or all(r.cseq.method == "CANCEL" for r in w.responses(CALLER, 200))
