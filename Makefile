@@ -36,7 +36,7 @@ test: $(TSTAMP)
 	$(PY) -m pytest $(ARGS)
 
 lint: $(TSTAMP)
-	$(VENV)/bin/ruff check b2bua rtp_relay tests bench
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
 clean:
