@@ -2,7 +2,8 @@
 
 How this works: one call at start-up configures structlog to render each event as a JSON object
 with a timestamp and level; modules log through `get_logger()` and bind context such as `call_id`.
-Filtering by level happens before rendering, so a debug line costs almost nothing at INFO.
+Filtering by level happens before rendering, so a debug line costs almost nothing at INFO. Both
+daemons of this distribution (the B2BUA and rtp_relay) log through this module.
 """
 
 from __future__ import annotations
@@ -30,5 +31,5 @@ def configure_logging(level: str = "info") -> None:
     )
 
 
-def get_logger(**context: Any) -> Any:
-    return structlog.get_logger("b2bua").bind(**context)
+def get_logger(name: str = "b2bua", **context: Any) -> Any:
+    return structlog.get_logger(name).bind(**context)

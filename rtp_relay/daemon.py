@@ -1,0 +1,157 @@
+"""The relay daemon: binds the control socket, opens media sockets, sweeps once a second, exits 0.
+
+How this works: `RelayDaemon.run()` builds the sans-IO `Relay` with a `SocketOpener` that binds
+each RTP/RTCP port synchronously (so an `offer` is answered only with ports really held) and then
+attaches the socket to the loop as a `RelayPort` protocol in a task; a datagram that arrives in
+between waits in the kernel buffer. The ng `ControlProtocol` feeds requests to the relay, a one
+second loop timer runs `relay.tick()` (last activity, media timeouts, expiry), and an optional
+aiohttp server answers `/metrics` and `/healthz`. SIGTERM or SIGINT releases every call, checks
+the port allocator for leaks, closes the sockets and returns 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import time
+from typing import Any
+
+from aiohttp import web
+
+from b2bua.logs import get_logger
+
+from .config import RelaySettings
+from .control import ControlCore, ControlProtocol
+from .forwarder import RelayPort
+from .metrics import RelayCollector, make_registry, render
+from .ports import PortAllocator
+from .session import CallExpired, MediaTimedOut, Relay, RelayConfig
+
+TICK_S = 1.0
+SOCKET_BUFFER = 1 << 20
+
+
+class SocketOpener:
+    """Binds relay ports for the sans-IO Relay; attaching to the loop happens in a task."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, host: str) -> None:
+        self.loop = loop
+        self.host = host
+        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.attach_failures = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def open(self, rtp: RelayPort, rtcp: RelayPort) -> None:
+        socks: list[socket.socket] = []
+        try:
+            for port in (rtp, rtcp):
+                sock = socket.socket(self.family, socket.SOCK_DGRAM)
+                socks.append(sock)
+                sock.setblocking(False)
+                sock.bind((self.host, port.port))
+        except OSError:
+            for sock in socks:
+                sock.close()
+            raise
+        for port, sock in zip((rtp, rtcp), socks, strict=True):
+            task = self.loop.create_task(self._attach(port, sock))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _attach(self, port: RelayPort, sock: socket.socket) -> None:
+        try:
+            await self.loop.create_datagram_endpoint(lambda: port, sock=sock)
+        except Exception:
+            self.attach_failures += 1
+            sock.close()
+
+    def close(self, port: RelayPort) -> None:
+        pass  # RelayPort.close() closes the transport, or connection_made does if not attached yet
+
+    async def settle(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+class RelayDaemon:
+    def __init__(self, settings: RelaySettings) -> None:
+        self.settings = settings
+        self.log = get_logger("rtp_relay")
+        self.escaped_exceptions = 0
+        self.relay: Relay | None = None
+        self._stopping = asyncio.Event()
+
+    def _on_escaped(self, exc: BaseException) -> None:
+        self.escaped_exceptions += 1
+        self.log.error("escaped_exception", error=repr(exc))
+
+    async def run(self) -> int:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        allocator = PortAllocator(*s.port_range)
+        opener = SocketOpener(loop, s.address)
+        relay = Relay(RelayConfig(s.sdp_address, s.media_timeout, s.hold_timeout, s.timeout_delete),
+                      allocator, opener)
+        relay.wall_offset = time.time() - loop.time()
+        self.relay = relay
+        core = ControlCore(relay)
+        control_host, control_port = s.control_addr
+        control_transport, _ = await loop.create_datagram_endpoint(
+            lambda: ControlProtocol(core, loop, self._on_escaped), local_addr=(control_host, control_port))
+        runner: web.AppRunner | None = None
+        if s.http_addr is not None:
+            registry = make_registry(RelayCollector(relay, core, lambda: self.escaped_exceptions))
+            runner = await self._start_http(registry, relay)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        ticker = loop.call_later(TICK_S, self._tick, loop)
+        self._ticker = ticker
+        self.log.info("relay_started", control=s.control, address=s.address, advertised=s.sdp_address,
+                      ports=s.ports, http=s.http, media_timeout=s.media_timeout)
+        await self._stopping.wait()
+        self._ticker.cancel()
+        control_transport.close()
+        await opener.settle()
+        released = relay.shutdown()
+        leak = ""
+        try:
+            allocator.check()
+        except AssertionError as exc:
+            leak = str(exc)
+        await asyncio.sleep(0)  # let transports finish closing
+        if runner is not None:
+            await runner.cleanup()
+        self.log.info("relay_stopped", ports_released=released, ports_in_use=allocator.ports_in_use,
+                      leak=leak or None, escaped_exceptions=self.escaped_exceptions + relay.internal_errors)
+        return 0
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self.relay is not None
+        try:
+            for event in self.relay.tick(loop.time()):
+                if isinstance(event, MediaTimedOut):
+                    self.log.info("media_timeout", call_id=event.call_id)
+                elif isinstance(event, CallExpired):
+                    self.log.info("call_expired", call_id=event.call_id, ports_released=event.ports_released)
+        except Exception as exc:
+            self._on_escaped(exc)
+        self._ticker = loop.call_later(TICK_S, self._tick, loop)
+
+    async def _start_http(self, registry: Any, relay: Relay) -> web.AppRunner:
+        async def metrics(_: web.Request) -> web.Response:
+            return web.Response(body=render(registry), headers={"Content-Type": "text/plain; version=0.0.4"})
+
+        async def healthz(_: web.Request) -> web.Response:
+            if self._stopping.is_set():
+                return web.json_response({"status": "stopping"}, status=503)
+            return web.json_response({"status": "ok", "sessions": len(relay.calls)})
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/healthz", healthz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        host, port = self.settings.http_addr  # type: ignore[misc]
+        await web.TCPSite(runner, host, port).start()
+        return runner

@@ -1,0 +1,113 @@
+"""The hot path: one `RelayPort` (an asyncio DatagramProtocol) per bound RTP or RTCP socket.
+
+How this works: a media stream between parties A and B uses two relay ports for RTP (and two for
+RTCP): A talks to one, B to the other, and each party sends to and receives from the same relay
+port (symmetric RTP, RFC 4961). The two `RelayPort`s are peers. A datagram arriving on A's port
+comes from A; it leaves through the peer's socket (`out`, B's port's transport) towards B's
+address (`dest`). Latching: while `source` is None the port is learning, and the first datagram's
+source address becomes `source` and, at the same time, the `dest` of the peer port, so B's media
+now flows to where A really is (NAT friendly). From then on a datagram from any other address is
+dropped and counted in `dropped` (no RTP bleed or injection). Only new signalling for the stream
+reopens learning (`relatch`), which also points the peer at the newly signalled address until the
+first packet arrives. Per packet the path is one tuple compare, two integer increments, the RTP
+statistics update and one `sendto`; nothing is logged, counters are read at scrape or query time,
+and `last activity` is derived by the session's once-a-second sweep from the counters moving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from .stats import RtpReceiveStats
+
+Addr = tuple[Any, ...]  # what the loop gives and sendto takes: (host, port[, flowinfo, scope_id])
+
+_monotonic = time.monotonic
+
+
+class RelayPort(asyncio.DatagramProtocol):
+    __slots__ = ("port", "kind", "source", "dest", "out", "peer", "transport", "rx", "closed",
+                 "packets", "bytes", "dropped", "undeliverable", "errors")
+
+    def __init__(self, port: int, kind: str = "rtp", rx: RtpReceiveStats | None = None) -> None:
+        self.port = port
+        self.kind = kind  # "rtp" or "rtcp"
+        self.source: Addr | None = None  # latched address of the party that talks to this port
+        self.dest: Addr | None = None  # where that party's packets go: the peer party's address
+        self.out: Any = None  # the peer port's transport: packets leave from there
+        self.peer: RelayPort | None = None
+        self.transport: Any = None
+        self.rx = rx
+        self.closed = False
+        self.packets = 0  # accepted (from the latched source)
+        self.bytes = 0
+        self.dropped = 0  # from a source other than the latched one
+        self.undeliverable = 0  # accepted but nowhere to send yet (no address, on hold c=0.0.0.0)
+        self.errors = 0
+
+    # -- wiring (signalling time) ----------------------------------------------------------------
+
+    def pair(self, other: RelayPort) -> None:
+        self.peer = other
+        other.peer = self
+        self.out = other.transport
+        other.out = self.transport
+
+    def relatch(self, signalled: Addr | None) -> None:
+        """New signalling for this party: learn its source again; meanwhile send to `signalled`."""
+        self.source = None
+        if self.peer is not None:
+            self.peer.dest = signalled
+
+    # -- asyncio.DatagramProtocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        if self.closed:  # released before the loop attached the socket
+            transport.close()
+            return
+        self.transport = transport
+        if self.peer is not None:
+            self.peer.out = transport
+
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
+        source = self.source
+        if addr != source:
+            if source is not None:
+                self.dropped += 1
+                return
+            self.source = addr  # latch: first packet after signalling wins
+            self.peer.dest = addr  # type: ignore[union-attr]
+        self.packets += 1
+        self.bytes += len(data)
+        rx = self.rx
+        if rx is not None:
+            rx.packet(data, _monotonic())
+        dest = self.dest
+        out = self.out
+        if dest is None or out is None:
+            self.undeliverable += 1
+            return
+        out.sendto(data, dest)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable from a peer that went away, and the like: counted, never raised.
+        self.errors += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.peer is not None and self.peer.out is not None:
+            self.peer.out = None
+
+    def close(self) -> None:
+        self.closed = True
+        transport = self.transport
+        if transport is not None:
+            transport.close()
+            self.transport = None
+        if self.peer is not None:
+            self.peer.out = None
+
+    def __repr__(self) -> str:
+        return f"RelayPort({self.port}, {self.kind}, source={self.source}, dest={self.dest})"
