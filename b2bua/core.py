@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from .call.call import ALLOW, Call
+from .call.call import ALLOW, Call, release_requests
 from .call.header_policy import HeaderPolicy
 from .call.leg import Leg
 from .config import Settings, parse_hostport
@@ -160,12 +160,22 @@ class Core:
     def on_response(self, tx: Any, response: Response) -> None:
         leg = self._tx_owner.get(tx)
         if leg is None:
+            if response.is_success and tx.request.method == "INVITE":
+                self._release_orphan_answer(tx, response)
             return
         call = leg.call
         if tx is call.b.invite_tx:
             call.on_invite_response(tx, response)
         else:
             call.on_response(leg, tx, response)
+
+    def _release_orphan_answer(self, tx: Any, response: Response) -> None:
+        """A 2xx to an INVITE whose call has ended (a late fork): ACK it and hang it up."""
+        ack, bye, dest = release_requests(tx.request, response, tx.dest)
+        self.stats.requests_out["ACK"] += 1
+        self.tl.send_ack(ack, dest)
+        self.stats.requests_out["BYE"] += 1
+        self.tl.send_request(bye, dest)
 
     def on_stray_response(self, response: Response, source: Address) -> None:
         # A 2xx to our INVITE retransmitted after its transaction ended: repeat the ACK (§13.2.2.4).
@@ -253,8 +263,11 @@ class Core:
         self.log.info(event, call_id=call.call_id, **fields)
 
     def _own(self, leg: Leg, tx: Any) -> None:
+        txs = self._call_txs.get(leg.call)
+        if txs is None:
+            return  # the call has ended (e.g. the BYE to a late fork): its answers need no owner
         self._tx_owner[tx] = leg
-        self._call_txs.setdefault(leg.call, []).append(tx)
+        txs.append(tx)
 
     def _local(self, dest: Address) -> tuple[str, int]:
         v6 = ":" in dest.host

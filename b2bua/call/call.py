@@ -69,6 +69,15 @@ _STATUS_MAP = {
 }
 
 
+def release_requests(invite: Request, resp: Response, fallback: Address) -> tuple[Request, Request, Address]:
+    """ACK and BYE for a 2xx we do not want (RFC 3261 §13.2.2.4: every 2xx is ACKed, then ended)."""
+    dialog = Dialog.from_response(invite, resp)
+    dest = dialog.next_hop() or fallback
+    ack = dialog.create_request("ACK", cseq=invite.cseq.seq)
+    bye = dialog.create_request("BYE", [("Reason", 'SIP;cause=200;text="Call completed elsewhere"')])
+    return ack, bye, dest
+
+
 class Call:
     def __init__(self, ctx: CallContext, invite: Request, a_tx: Any, source: Address,
                  next_hop: Address) -> None:
@@ -87,6 +96,7 @@ class Call:
         self._byes: set[Any] = set()
         self._ack_wait: dict[Side, tuple[Leg, int]] = {}  # leg whose ACK we await -> (leg to ACK, cseq)
         self._no_answer_timer: Any = None
+        self._released_forks: dict[str, tuple[Request, Address]] = {}  # to-tag -> the ACK we sent it
 
     @property
     def call_id(self) -> str:
@@ -201,11 +211,15 @@ class Call:
 
     def _reject_fork(self, resp: Response) -> None:
         assert self.b_invite is not None
-        fork = Dialog.from_response(self.b_invite, resp)
-        ack = fork.create_request("ACK", cseq=self.b_invite.cseq.seq)
-        self.ctx.send_ack(self.b, ack, fork.next_hop() or self.b.peer)
-        bye = fork.create_request("BYE", [("Reason", 'SIP;cause=200;text="Call completed elsewhere"')])
-        self._byes.add(self.ctx.send_request(self.b, bye, fork.next_hop() or self.b.peer))
+        tag = resp.to_tag or ""
+        released = self._released_forks.get(tag)
+        if released is not None:
+            self.ctx.send_ack(self.b, *released)  # its 2xx again: our ACK was lost; BYE is under way
+            return
+        ack, bye, dest = release_requests(self.b_invite, resp, self.b.peer)
+        self._released_forks[tag] = (ack, dest)
+        self.ctx.send_ack(self.b, ack, dest)
+        self._byes.add(self.ctx.send_request(self.b, bye, dest))
 
     def _on_b_failure(self, resp: Response) -> None:
         self.b_final = True

@@ -168,9 +168,23 @@ def test_second_fork_answering_is_acked_and_released():
     [bye] = w.requests(PBX, "BYE")
     assert bye.to_tag == "fork2"
     assert len(w.responses(CALLER, 200)) == 1
-    # A retransmitted 2xx of the winning fork gets our ACK again, nothing else.
+    # A retransmitted 2xx of either fork gets our ACK again, nothing else (no second BYE).
     w.inject(response_to(b_inv, 200, "OK", to_tag="fork1"), PBX, body=SDP)
-    assert [a.to_tag for a in w.requests(PBX, "ACK")].count("fork1") == 2
+    w.inject(response_to(b_inv, 200, "OK", to_tag="fork2"), PBX, body=SDP)
+    assert sorted(a.to_tag for a in w.requests(PBX, "ACK")) == ["fork1", "fork1", "fork2", "fork2"]
+    assert len(w.requests(PBX, "BYE")) == 1
+    # After the call ends, a late fork's 2xx is still ACKed and released, and nothing is left behind.
+    a200 = w.responses(CALLER, 200)[0]
+    w.inject(in_dialog("BYE", a200, cseq=2, branch="z9hG4bKbyeF", from_side_is_to=False))
+    for bye in w.requests(PBX, "BYE"):
+        w.inject(response_to(bye, 200, "OK"), PBX)
+    assert w.core.active_calls == 0
+    w.inject(response_to(b_inv, 200, "OK", to_tag="fork3"), PBX, body=SDP)
+    assert [a.to_tag for a in w.requests(PBX, "ACK")].count("fork3") == 1
+    [late_bye] = [b for b in w.requests(PBX, "BYE") if b.to_tag == "fork3"]
+    w.inject(response_to(late_bye, 200, "OK"), PBX)
+    w.advance(40)
+    assert not w.core._tx_owner and not w.core._call_txs and len(w.core.tl) == 0
 
 
 def test_late_offer_ack_carries_the_answer():
