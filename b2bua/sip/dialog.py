@@ -12,6 +12,7 @@ and responses. It decides nothing about calls; the call layer owns that.
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -153,7 +154,12 @@ class Dialog:
 
 
 def uri_address(uri: Uri) -> Address | None:
-    """The transport address a SIP URI names (maddr, then host; port defaults per transport)."""
+    """The transport address a SIP URI names (maddr, then host; port defaults per transport).
+
+    Only IP literals: a host name a peer wrote in its Contact or Record-Route would cost a blocking
+    DNS lookup on every send (and lets a peer point us anywhere), so for those this returns None
+    and the leg falls back to the address the peer's messages come from.
+    """
     if not isinstance(uri, SipUri):
         return None
     transport = uri.transport
@@ -162,6 +168,10 @@ def uri_address(uri: Uri) -> Address | None:
     host = uri.param("maddr") or uri.host_bare
     if host.startswith("["):
         host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
     return Address(transport, host, uri.port or 5060)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from b2bua.sip.address import Address
 from b2bua.sip.dialog import Dialog, DialogState
 from b2bua.sip.parser import parse_message
+from b2bua.sip.uri import parse_uri
 
 
 def msg(text: str):
@@ -82,3 +83,12 @@ def test_target_refresh_replaces_remote_target():
     reinvite_ok = msg(OK_TEXT.replace("127.0.0.4:5080", "127.0.0.5:5090"))
     d.refresh_target(reinvite_ok)
     assert str(d.remote_target) == "sip:bob@127.0.0.5:5090"
+
+
+def test_host_names_from_peers_are_not_send_targets():
+    # A Contact naming a host would need DNS on the event loop: the leg uses the source address.
+    d = Dialog.from_response(INVITE, msg(OK_TEXT.replace("127.0.0.4:5080", "pbx.example.invalid:5080")
+                                         .replace("Record-Route: <sip:127.0.0.2:5060;lr>, <sip:127.0.0.3:5060;lr>\n", "")))
+    assert d.route_set == [] and d.next_hop() is None
+    d.remote_target = parse_uri("sip:bob@[::1]:5090;transport=tcp")
+    assert d.next_hop() == Address("tcp", "::1", 5090)
