@@ -87,8 +87,8 @@ def test_target_refresh_replaces_remote_target():
 
 def test_host_names_from_peers_are_not_send_targets():
     # A Contact naming a host would need DNS on the event loop: the leg uses the source address.
-    d = Dialog.from_response(INVITE, msg(OK_TEXT.replace("127.0.0.4:5080", "pbx.example.invalid:5080")
-                                         .replace("Record-Route: <sip:127.0.0.2:5060;lr>, <sip:127.0.0.3:5060;lr>\n", "")))
+    no_route = OK_TEXT.replace("Record-Route: <sip:127.0.0.2:5060;lr>, <sip:127.0.0.3:5060;lr>\n", "")
+    d = Dialog.from_response(INVITE, msg(no_route.replace("127.0.0.4:5080", "pbx.example.invalid:5080")))
     assert d.route_set == [] and d.next_hop() is None
     d.remote_target = parse_uri("sip:bob@[::1]:5090;transport=tcp")
     assert d.next_hop() == Address("tcp", "::1", 5090)
