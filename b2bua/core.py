@@ -26,7 +26,7 @@ from .sip.address import Address
 from .sip.message import Request, Response, build_response, reason_for
 from .sip.parser import ParseError, parse_message
 from .sip.scheduler import Scheduler
-from .sip.transaction import TimerConfig, TransactionLayer
+from .sip.transaction import TimerConfig, TransactionLayer, response_destination
 from .sip.uri import AbsoluteUri, SipUri
 
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()  # option tags we implement (RFC 3261 §8.2.2.3)
@@ -72,7 +72,7 @@ class Core:
             if exc.answerable and exc.request is not None and exc.request.method != "ACK":
                 resp = build_response(exc.request, exc.status, f"{reason_for(exc.status)} ({exc.reason})")
                 self.stats.responses_out[exc.status] += 1
-                self._send(resp.serialize(), _response_address(exc.request, source))
+                self._send(resp.serialize(), response_destination(exc.request.top_via, source))
             return
         if isinstance(msg, Request):
             self.stats.requests_in[msg.method] += 1
@@ -288,14 +288,3 @@ class Core:
     @property
     def active_calls(self) -> int:
         return len(self.calls)
-
-
-def _response_address(request: Request, source: Address) -> Address:
-    """Where a stateless response goes (RFC 3261 §18.2.2 with RFC 3581 rport)."""
-    if source.reliable:
-        return source
-    via = request.top_via
-    host = via.param("received") or source.host
-    if via.has_param("rport"):
-        return Address(source.transport, host, source.port)
-    return Address(source.transport, host, via.port or 5060)

@@ -19,6 +19,7 @@ from .uri import (
     Uri,
     UriError,
     ascii_int,
+    find_outside_quotes,
     find_param,
     format_params,
     parse_params,
@@ -215,22 +216,7 @@ def _quoted_end(text: str) -> int:
 def _find_unquoted(text: str, ch: str) -> int:
     if '"' not in text:
         return text.find(ch)
-    in_quotes = False
-    i = 0
-    n = len(text)
-    while i < n:
-        c = text[i]
-        if in_quotes:
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                in_quotes = False
-        elif c == '"':
-            in_quotes = True
-        elif c == ch:
-            return i
-        i += 1
-    return -1
+    return find_outside_quotes(text, ch)
 
 
 # -- Via -----------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import cached_property
+from typing import Self
 
 from .headers import (
     LIST_HEADERS,
@@ -201,12 +202,37 @@ class _Message:
         v = self.headers.get("Content-Type")
         return v.split(";", 1)[0].strip().lower() if v else None
 
+    def with_headers(self, headers: Headers) -> Self:
+        return replace(self, headers=headers)  # type: ignore[type-var]
+
+    def with_top_via(self, via: Via) -> Self:
+        """The same message with its top Via replaced (RFC 3581 stamping on receipt).
+
+        Keeps every structured view already parsed (From, To, CSeq, Call-ID...): only Via changed,
+        so parsing the rest again, once per received request, would be wasted work.
+        """
+        headers = self.headers.pop_first_value("Via").add("Via", str(via), first=True)
+        new = self.with_headers(headers)
+        parsed = self.__dict__
+        for name in _PARSED_VIEWS:
+            if name in parsed:
+                new.__dict__[name] = parsed[name]
+        if "vias" in parsed:
+            new.__dict__["vias"] = [via, *parsed["vias"][1:]]
+        return new
+
     def _serialize(self, start_line: str) -> bytes:
         lines = [start_line]
         lines.extend(f"{n}: {v}" for n, v in self.headers if n != "Content-Length")
         lines.append(f"Content-Length: {len(self.body)}")
         head = "\r\n".join(lines) + "\r\n\r\n"
         return head.encode("utf-8", "surrogateescape") + self.body
+
+
+# The cached structured views that do not depend on Via (with_top_via carries them over).
+_PARSED_VIEWS = tuple(
+    name for name, value in vars(_Message).items() if isinstance(value, cached_property) and name != "vias"
+)
 
 
 def _required_name_addr(headers: Headers, name: str) -> NameAddr:
@@ -226,9 +252,6 @@ class Request(_Message):
 
     def serialize(self) -> bytes:
         return self._serialize(f"{self.method} {self.uri} {self.version}")
-
-    def with_headers(self, headers: Headers) -> Request:
-        return replace(self, headers=headers)
 
     @property
     def branch(self) -> str | None:
@@ -255,9 +278,6 @@ class Response(_Message):
 
     def serialize(self) -> bytes:
         return self._serialize(f"{self.version} {self.status} {self.reason}")
-
-    def with_headers(self, headers: Headers) -> Response:
-        return replace(self, headers=headers)
 
     @property
     def is_provisional(self) -> bool:

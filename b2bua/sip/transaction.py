@@ -342,7 +342,7 @@ class ServerTransaction(Transaction):
     def __init__(self, layer: TransactionLayer, request: Request, key: tuple, source: Address) -> None:
         super().__init__(layer, request, key)
         self.source = source
-        self.dest = _response_destination(request.top_via, source)
+        self.dest = response_destination(request.top_via, source)
         self._wire = b""
 
     @property
@@ -753,11 +753,10 @@ def _stamp_via(request: Request, source: Address) -> Request:
         stamped = stamped.with_param("received", source.host)
     if stamped is via:
         return request
-    headers = request.headers.pop_first_value("Via").add("Via", str(stamped), first=True)
-    return request.with_headers(headers)
+    return request.with_top_via(stamped)
 
 
-def _response_destination(via: Via, source: Address) -> Address:
+def response_destination(via: Via, source: Address) -> Address:
     """RFC 3261 §18.2.2 with RFC 3581 §4: where responses to a request go."""
     if source.reliable:
         return source  # back over the same connection

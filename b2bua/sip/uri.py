@@ -95,33 +95,41 @@ def drop_param(params: Params, name: str) -> Params:
     return tuple((k, v) for k, v in params if k.lower() != lname)
 
 
+def find_outside_quotes(text: str, ch: str, start: int = 0, *, in_angles: bool = True) -> int:
+    """Index of the first `ch` at or after `start` that is outside double quotes (which may hold
+    backslash escapes) and, unless `in_angles`, outside <...>; -1 if none."""
+    in_quotes = False
+    depth = 0
+    i = start
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if in_quotes:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                in_quotes = False
+        elif c == '"':
+            in_quotes = True
+        elif c == ch and (in_angles or depth == 0):
+            return i
+        elif c == "<":
+            depth += 1
+        elif c == ">":
+            depth = max(0, depth - 1)
+        i += 1
+    return -1
+
+
 def split_outside_quotes(text: str, sep: str) -> list[str]:
     """Split on `sep` except inside double quotes (with backslash escapes) and <...>."""
     if '"' not in text and "<" not in text:
         return text.split(sep)
     parts: list[str] = []
     start = 0
-    in_quotes = False
-    depth = 0
-    i = 0
-    n = len(text)
-    while i < n:
-        ch = text[i]
-        if in_quotes:
-            if ch == "\\":
-                i += 1
-            elif ch == '"':
-                in_quotes = False
-        elif ch == '"':
-            in_quotes = True
-        elif ch == "<":
-            depth += 1
-        elif ch == ">":
-            depth = max(0, depth - 1)
-        elif ch == sep and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-        i += 1
+    while (i := find_outside_quotes(text, sep, start, in_angles=False)) >= 0:
+        parts.append(text[start:i])
+        start = i + 1
     parts.append(text[start:])
     return parts
 

@@ -162,6 +162,11 @@ class Metrics:
                 total += value
         return total
 
+    def relayed(self, method: str) -> tuple[float, float]:
+        """(received, sent) counts of SIP requests of `method`."""
+        name = "b2bua_sip_requests_total"
+        return self.get(name, method=method, direction="in"), self.get(name, method=method, direction="out")
+
     def has(self, name: str) -> bool:
         return any(sname == name for sname, _, _ in self.samples)
 
@@ -342,6 +347,10 @@ class Daemon:
         if self.exit_code != 0:
             raise DaemonError(f"b2bua exited with code {self.exit_code} after SIGTERM\n{self.output_tail()}")
         return self.exit_code
+
+    def settled(self, timeout: float = 5.0) -> Metrics:
+        """Metrics once every call has ended (active calls back to 0)."""
+        return self.wait_metric("b2bua_active_calls", 0, timeout=timeout)
 
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM, and require a clean exit (code 0) within ``timeout`` seconds."""

@@ -164,3 +164,20 @@ def test_build_response() -> None:
 def test_reason_for() -> None:
     assert reason_for(486) == "Busy Here"
     assert reason_for(499) == "Client Error" and reason_for(299) == "OK"
+
+
+def test_with_top_via_replaces_via_and_keeps_parsed_views() -> None:
+    from b2bua.sip.headers import parse_via
+    from b2bua.sip.parser import parse_message
+
+    raw = (b"OPTIONS sip:b@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKa;rport\r\n"
+           b"Via: SIP/2.0/UDP 127.0.0.2;branch=z9hG4bKb\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\n"
+           b"To: <sip:b@127.0.0.1>\r\nCall-ID: c1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+    req = parse_message(raw)
+    stamped_via = parse_via("SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKa;rport=5070;received=127.0.0.1")
+    new = req.with_top_via(stamped_via)
+    assert new.headers.get_all("Via")[0] == str(stamped_via)
+    assert [v.branch for v in new.vias] == ["z9hG4bKa", "z9hG4bKb"] and new.top_via == stamped_via
+    assert new.from_ is req.from_ and new.cseq is req.cseq  # carried over, not parsed again
+    assert parse_message(new.serialize()).top_via.param("received") == "127.0.0.1"
+    assert req.top_via.param("received") is None  # the original is untouched
