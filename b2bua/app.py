@@ -22,6 +22,7 @@ from .config import Settings, parse_hostport
 from .core import Core
 from .http import make_http_app
 from .logs import get_logger
+from .media.embedded import EmbeddedRelay
 from .metrics import Stats, StatsCollector, make_registry
 from .sip.address import Address
 from .sip.scheduler import Scheduler
@@ -37,6 +38,8 @@ class Daemon:
         self.scheduler = Scheduler()
         self.core: Core | None = None
         self._udp: dict[bool, UdpTransport] = {}  # by "is IPv6": one socket per address family
+        self._ng: dict[bool, UdpTransport] = {}  # media relay control sockets, by "is IPv6"
+        self._relay: EmbeddedRelay | None = None
         self._tcp: TcpTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -65,6 +68,15 @@ class Daemon:
             self.stats.escaped_exceptions += 1
             self.log.exception("escaped_exception", source=str(source))
         self._arm_timer()
+
+    def _send_ng(self, data: bytes, dest: tuple[str, int]) -> None:
+        sock = self._ng.get(":" in dest[0])
+        if sock is None:
+            raise OSError(f"no media control socket for the address family of {dest[0]}")
+        sock.send(data, Address("udp", dest[0], dest[1]))
+
+    def _on_ng(self, data: bytes, source: Address) -> None:
+        self._on_core(lambda: self.core.receive_ng(data, (source.host, source.port)) if self.core else None)
 
     def _on_timer(self) -> None:
         assert self._loop is not None
@@ -98,8 +110,10 @@ class Daemon:
         self._loop = loop
         loop.set_exception_handler(self._loop_exception)
         self.scheduler.now = loop.time()
-        s = self.settings
-        self.core = Core(s, self.scheduler, self._send, self.log, self.stats)
+        s = await self._start_media()
+        self.core = Core(s, self.scheduler, self._send, self.log, self.stats, send_ng=self._send_ng)
+        self._on_core(self.core.start)
+        await self._wait_for_relays()
         self._tcp = TcpTransport(self._on_data, s.sip.max_message_bytes, s.sip.tcp_idle_timeout_s)
         for item in s.sip.listen:
             host, port = parse_hostport(item)
@@ -111,15 +125,48 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         self.log.info("started", listen=s.sip.listen, transports=s.sip.transports,
-                      next_hop=s.routing.next_hop, http=s.http.listen)
+                      next_hop=s.routing.next_hop, http=s.http.listen,
+                      media_relays=s.media.relays if s.media.enabled else "off")
         await self._stopping.wait()
         await self._drain()
         await runner.cleanup()
-        for udp in self._udp.values():
+        self._on_core(self.core.stop)
+        for udp in (*self._udp.values(), *self._ng.values()):
             udp.close()
         await self._tcp.close()
+        if self._relay is not None:
+            await self._relay.stop()
         self.log.info("stopped", escaped_exceptions=self.stats.escaped_exceptions)
         return 0
+
+    async def _start_media(self) -> Settings:
+        """Start the embedded relay when media is on and no relay is configured; open ng sockets."""
+        s = self.settings
+        if not s.media.enabled:
+            return s
+        if not s.media.relays:
+            self._relay = EmbeddedRelay(s.media, self.log, s.log.level)
+            host, port = await self._relay.start()
+            s = s.model_copy(update={"media": s.media.model_copy(update={"relays": [f"{host}:{port}"]})})
+            self.settings = s
+        for relay in s.media.relays:
+            v6 = ":" in parse_hostport(relay, 2223)[0]
+            if v6 not in self._ng:
+                self._ng[v6] = await UdpTransport.listen("::" if v6 else "0.0.0.0", 0, self._on_ng)
+        return s
+
+    async def _wait_for_relays(self, timeout: float = 10.0) -> None:
+        """Accept calls once a relay answers (an embedded one needs a moment to start Python)."""
+        core = self.core
+        assert core is not None and self._loop is not None
+        if core.relays is None:
+            return
+        deadline = self._loop.time() + timeout
+        while core.relays.alive_count == 0 and self._loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if core.relays.alive_count == 0:
+            self.log.warning("no_media_relay", relays=[r.name for r in core.relays.relays],
+                             consequence="new calls get 503 until a relay answers")
 
     async def _start_http(self) -> web.AppRunner:
         core = self.core
@@ -129,12 +176,22 @@ class Daemon:
             self.stats,
             gauges=lambda: {
                 "b2bua_active_calls": ("Calls in progress", core.active_calls),
+                "b2bua_media_relays_alive": ("Media relays answering", core.relays.alive_count if core.relays else 0),
+                "b2bua_media_sessions": ("Calls with media on a relay",
+                                         sum(r.sessions for r in core.relays.relays) if core.relays else 0),
                 "b2bua_transactions": ("Live SIP transactions", len(tl)),
                 "b2bua_tcp_connections": ("Open SIP TCP connections", self._tcp.connections if self._tcp else 0),
             },
             counters=lambda: {
                 "b2bua_sip_retransmissions": ("SIP retransmissions sent", tl.retransmissions),
                 "b2bua_transaction_timeouts": ("SIP transactions timed out", tl.timeouts),
+                "b2bua_ng_requests": ("Media relay control requests sent", core.ng.requests if core.ng else 0),
+                "b2bua_ng_retransmissions": ("Media relay control requests retransmitted",
+                                             core.ng.retransmissions if core.ng else 0),
+                "b2bua_ng_timeouts": ("Media relay control requests never answered",
+                                      core.ng.timeouts if core.ng else 0),
+                "b2bua_embedded_relay_restarts": ("Times the embedded relay process was restarted",
+                                                  self._relay.restarts if self._relay else 0),
             },
         )
         registry = make_registry(collector)

@@ -11,6 +11,7 @@ No other module reads the environment.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -138,12 +139,88 @@ class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class EmbeddedRelaySettings(_Section):
+    """The relay the daemon starts as its own child process when `media.relays` is empty."""
+
+    address: str = Field("127.0.0.1", description="IP the media sockets bind to")
+    advertised_address: str | None = Field(
+        None, description="IP written into SDP (required when `address` is a wildcard)")
+    ports: str = Field("30000-39999", description="RTP/RTCP port range LOW-HIGH")
+    hold_timeout_s: float = Field(3600.0, ge=0, description="media timeout for streams on hold; 0: never")
+
+    @field_validator("address", "advertised_address")
+    @classmethod
+    def _ip(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                ipaddress.ip_address(v)
+            except ValueError:
+                raise ValueError(f"{v!r} is not an IP address") from None
+        return v
+
+    @field_validator("ports")
+    @classmethod
+    def _range(cls, v: str) -> str:
+        low, sep, high = v.partition("-")
+        if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+            raise ValueError("expected LOW-HIGH, e.g. 30000-39999")
+        lo, hi = int(low), int(high)
+        if not 1024 <= lo < hi <= 65535 or hi - lo < 3:
+            raise ValueError("need 1024 <= LOW < HIGH <= 65535 with room for at least two port pairs")
+        return v
+
+    @model_validator(mode="after")
+    def _advertise(self) -> EmbeddedRelaySettings:
+        if self.advertised_address is None and ipaddress.ip_address(self.address).is_unspecified:
+            raise ValueError("advertised_address is required when address is a wildcard")
+        return self
+
+
+class MediaSettings(_Section):
+    """How call media is anchored: through rtpengine-compatible relays spoken to over ng."""
+
+    enabled: bool = Field(True, description="relay every call's RTP; false passes SDP end to end")
+    relays: list[str] = Field(
+        default=[], description="ng control addresses host:port of rtp_relay or rtpengine processes; "
+                                "empty: start one embedded relay")
+    embedded: EmbeddedRelaySettings = EmbeddedRelaySettings()
+    instance_id: str = Field(
+        "", max_length=64, pattern=r"^[A-Za-z0-9._:-]*$",
+        description="names this daemon's sessions on shared relays (default b2bua-<listen host:port>); "
+                    "at start, sessions left there by a previous run with the same id are deleted")
+    timeout_s: float = Field(60.0, ge=0, description="end calls whose media stopped this long; 0: never")
+    check_interval_s: float = Field(10.0, gt=0, description="how often each call's media is queried")
+    ping_interval_s: float = Field(2.0, gt=0, description="how often each relay is pinged")
+    ng_retransmit_ms: list[int] = Field(
+        default=[500, 1000, 2000], min_length=1,
+        description="ng request retransmission delays; a relay silent through all of them is down")
+
+    @field_validator("relays")
+    @classmethod
+    def _valid_relays(cls, v: list[str]) -> list[str]:
+        for item in v:
+            host, port = parse_hostport(item, 2223)
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ValueError(f"relay {item!r}: the host must be an IP address") from None
+        return v
+
+    @field_validator("ng_retransmit_ms")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(d <= 0 for d in v):
+            raise ValueError("delays must be positive")
+        return v
+
+
 class Settings(_Section):
     sip: SipSettings = SipSettings()
     routing: RoutingSettings = RoutingSettings()
     calls: CallSettings = CallSettings()
     http: HttpSettings = HttpSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
+    media: MediaSettings = MediaSettings()
     log: LogSettings = LogSettings()
 
 
@@ -165,21 +242,31 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
-    """B2BUA_SECTION__FIELD=value -> {"section": {"field": value}}; lists as comma-separated."""
+    """B2BUA_SECTION__FIELD=value -> {"section": {"field": value}}; nested sections take another
+    `__` (B2BUA_MEDIA__EMBEDDED__PORTS); lists are comma-separated."""
     out: dict[str, Any] = {}
     for key, value in environ.items():
         if not key.startswith(ENV_PREFIX) or "__" not in key:
             continue
-        section, _, field = key[len(ENV_PREFIX):].lower().partition("__")
-        model = Settings.model_fields.get(section)
-        if model is None:
-            raise ConfigError(f"{key}: unknown section {section!r}")
-        ann = model.annotation
-        fields = getattr(ann, "model_fields", {})
-        if field not in fields:
-            raise ConfigError(f"{key}: unknown field {section}.{field}")
-        is_list = str(fields[field].annotation).startswith("list")
-        out.setdefault(section, {})[field] = [v.strip() for v in value.split(",") if v.strip()] if is_list else value
+        path = key[len(ENV_PREFIX):].lower().split("__")
+        model: Any = Settings
+        target = out
+        for depth, name in enumerate(path):
+            fields = getattr(model, "model_fields", {})
+            if name not in fields:
+                where = ".".join(path[:depth + 1])
+                raise ConfigError(f"{key}: unknown {'section' if depth == 0 else 'field'} {where}")
+            ann = fields[name].annotation
+            if depth == len(path) - 1:
+                if hasattr(ann, "model_fields"):
+                    raise ConfigError(f"{key}: {'.'.join(path)} is a section; name one of its fields")
+                is_list = str(ann).startswith("list")
+                target[name] = [v.strip() for v in value.split(",") if v.strip()] if is_list else value
+            else:
+                if not hasattr(ann, "model_fields"):
+                    raise ConfigError(f"{key}: {'.'.join(path[:depth + 1])} is not a section")
+                target = target.setdefault(name, {})
+                model = ann
     return out
 
 

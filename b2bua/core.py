@@ -20,6 +20,9 @@ from .call.call import ALLOW, Call, release_requests
 from .call.header_policy import HeaderPolicy
 from .call.leg import Leg
 from .config import Settings, parse_hostport
+from .media.ng_client import NgClient
+from .media.relay_pool import Relay, RelayPool
+from .media.session import MediaSession, PassThroughMedia
 from .metrics import Stats
 from .routing.static import StaticRouter
 from .sip.address import Address
@@ -36,7 +39,8 @@ KNOWN_METHODS = frozenset({"INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTE
 
 class Core:
     def __init__(self, settings: Settings, scheduler: Scheduler, send: Callable[[bytes, Address], None],
-                 log: Any, stats: Stats | None = None) -> None:
+                 log: Any, stats: Stats | None = None,
+                 send_ng: Callable[[bytes, tuple[str, int]], None] | None = None) -> None:
         self.settings = settings
         self.scheduler = scheduler
         self.stats = stats or Stats()
@@ -55,6 +59,20 @@ class Core:
         self.router = StaticRouter(settings.routing)
         self.policy = HeaderPolicy(settings.calls.pass_headers)
         self.no_answer_timeout = settings.calls.no_answer_timeout_s
+        media = settings.media
+        self.media_timeout = media.timeout_s
+        self.media_check_interval = media.check_interval_s
+        self.ng: NgClient | None = None
+        self.relays: RelayPool | None = None
+        # ng call-ids start with this, so that a restarted daemon can find and release what it left.
+        self.media_prefix = f"{media.instance_id or f'b2bua-{self.local_host}:{self.local_port}'}/"
+        if media.enabled:
+            if send_ng is None or not media.relays:
+                raise ValueError("media relaying is on: the core needs relay addresses and a way to reach them")
+            self.ng = NgClient(scheduler, send_ng, tuple(d / 1000 for d in media.ng_retransmit_ms))
+            self.relays = RelayPool(self.ng, scheduler, [parse_hostport(r, 2223) for r in media.relays],
+                                    on_relay_down=self._relay_down, on_relay_up=self._relay_up,
+                                    ping_interval=media.ping_interval_s)
         self.accepting = True
         self.calls: set[Call] = set()
         self._legs: dict[tuple[str, str], Leg] = {}
@@ -79,6 +97,11 @@ class Core:
         else:
             self.stats.responses_in[msg.status] += 1
         self.tl.receive(msg, source)
+
+    def receive_ng(self, data: bytes, source: tuple[str, int]) -> None:
+        """A datagram on the media relay control socket (an ng reply)."""
+        if self.ng is not None:
+            self.ng.receive(data, source)
 
     # -- TransactionUser ---------------------------------------------------------------------------
 
@@ -214,6 +237,26 @@ class Core:
     def new_call_id(self) -> str:
         return f"{os.urandom(12).hex()}@{self.local_host}"
 
+    def new_media(self, call: Call) -> MediaSession | PassThroughMedia:
+        if self.relays is None:
+            return PassThroughMedia()
+        return MediaSession(self.relays, self.media_prefix + call.b.call_id)
+
+    def media_event(self, call: Call, event: str, reason: str) -> None:
+        self.stats.media_events[event] += 1
+        self.log.warning("media_" + event, call_id=call.call_id, reason=reason)
+
+    def _relay_down(self, relay: Relay) -> None:
+        self.stats.media_events["relay_down"] += 1
+        carried = [c for c in self.calls if c.media.relay is relay]
+        self.log.error("media_relay_down", relay=relay.name, calls=len(carried))
+        for call in carried:
+            call.media_failed(f"relay {relay.name} stopped answering")
+
+    def _relay_up(self, relay: Relay) -> None:
+        self.stats.media_events["relay_up"] += 1
+        self.log.info("media_relay_up", relay=relay.name)
+
     def contact_for(self, dest: Address) -> str:
         host, port = self._local(dest)
         if ":" in host:
@@ -275,6 +318,22 @@ class Core:
             if (":" in host) == v6:
                 return self._advertised or host, port
         return self._advertised or self.local_host, self.local_port
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start pinging the media relays and release sessions a previous run of ours left there."""
+        if self.relays is not None:
+            self.relays.start()
+            self.relays.cleanup(self.media_prefix, self._cleaned_up)
+
+    def _cleaned_up(self, count: int) -> None:
+        if count:
+            self.log.info("media_sessions_released", count=count, reason="left by a previous run")
+
+    def stop(self) -> None:
+        if self.relays is not None:
+            self.relays.stop()
 
     # -- shutdown ----------------------------------------------------------------------------------
 

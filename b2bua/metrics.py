@@ -24,6 +24,7 @@ class Stats:
     responses_out: Counter[int] = field(default_factory=Counter)
     calls: Counter[str] = field(default_factory=Counter)  # by result
     malformed: Counter[str] = field(default_factory=Counter)  # by kind
+    media_events: Counter[str] = field(default_factory=Counter)  # relay_down, timeout, call_ended, ...
     escaped_exceptions: int = 0
     tcp_connections_opened: int = 0
 
@@ -62,6 +63,13 @@ class StatsCollector:
         for k, n in s.malformed.items():
             bad.add_metric([k], n)
         yield bad
+        media = CounterMetricFamily(
+            "b2bua_media_events", "Media relay events: relay_down, relay_up, offer_failed (a new call refused), "
+            "call_ended (a call ended because its relay failed), timeout (a call ended for lack of media)",
+            labels=["event"])
+        for e in ("relay_down", "relay_up", "offer_failed", "call_ended", "timeout"):
+            media.add_metric([e], s.media_events.get(e, 0))
+        yield media
         yield CounterMetricFamily("b2bua_escaped_exceptions",
                                   "Exceptions that escaped into the event loop (bugs; must stay 0)",
                                   value=s.escaped_exceptions)

@@ -2,12 +2,14 @@
 
 How this works: flags become the fields of one `RelaySettings` (config.py); a bad value is
 reported naming the field and the process exits 2 before binding anything. A port already in use
-for the control or HTTP address exits 1. The loop is uvloop; logs are JSON lines on stdout.
+for the control or HTTP address, or a `--control-fd` that is not a bound UDP socket, exits 1. The
+loop is uvloop; logs are JSON lines on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -19,6 +21,10 @@ from .config import ConfigError, load_settings
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rtp_relay", description="RTP relay controlled over rtpengine's ng protocol")
     p.add_argument("--control", metavar="HOST:PORT", help="ng control address, UDP (default 127.0.0.1:2223)")
+    p.add_argument("--control-fd", metavar="N",
+                   help="serve ng on this inherited, already bound UDP socket instead of binding --control")
+    p.add_argument("--exit-with-parent", action="store_true", default=None,
+                   help="exit (as on SIGTERM) when the parent process exits, e.g. as a B2BUA's embedded relay")
     p.add_argument("--address", metavar="IP", help="address media sockets bind to (default 127.0.0.1)")
     p.add_argument("--advertised-address", metavar="IP",
                    help="address written into SDP (default: --address; required when that is a wildcard)")
@@ -34,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    parent_pid = os.getppid()  # as early as possible: the parent we must not outlive
     args = build_parser().parse_args(argv)
     values: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
     try:
@@ -45,9 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     import uvloop
 
     from .daemon import RelayDaemon
+    from .parent import ParentWatch
 
+    watch = None
+    if settings.exit_with_parent:
+        watch = ParentWatch(parent_pid)
+        watch.arm()
     try:
-        return uvloop.run(RelayDaemon(settings).run())
+        return uvloop.run(RelayDaemon(settings, watch).run())
     except OSError as exc:
         print(f"rtp_relay: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -4,7 +4,9 @@ How this works: `RelaySettings` holds every setting with a default, as the flags
 (`--ports 30000-30999` is `ports="30000-30999"`). Validation runs once; `load_settings` turns a
 pydantic `ValidationError` into a `ConfigError` whose message names each bad field
 (`ports: range 30001-30001 holds no even/odd pair`) so the CLI can print it and exit 2 before
-anything binds. Parsed forms are properties (`control_addr`, `port_range`).
+anything binds. Parsed forms are properties (`control_addr`, `port_range`). `control_fd` names an
+inherited, already bound UDP socket that replaces `control` (a parent process that binds it first
+has no port race with its child); giving both is an error.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class RelaySettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     control: str = "127.0.0.1:2223"
+    control_fd: int | None = Field(None, ge=0)  # an inherited bound UDP socket; replaces `control`
+    exit_with_parent: bool = False  # SIGTERM ourselves when the parent process exits
     address: str = "127.0.0.1"
     advertised_address: str | None = None
     ports: str = "30000-39999"
@@ -83,6 +87,12 @@ class RelaySettings(BaseModel):
         if even_low + 1 > high:
             raise ValueError(f"range {low}-{high} holds no even/odd pair")
         return value
+
+    @model_validator(mode="after")
+    def _control_source(self) -> RelaySettings:
+        if self.control_fd is not None and "control" in self.model_fields_set:
+            raise ValueError("control and control_fd are exclusive: the inherited socket is already bound")
+        return self
 
     @model_validator(mode="after")
     def _advertise(self) -> RelaySettings:

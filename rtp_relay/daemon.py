@@ -5,8 +5,10 @@ each RTP/RTCP port synchronously (so an `offer` is answered only with ports real
 attaches the socket to the loop as a `RelayPort` protocol in a task; a datagram that arrives in
 between waits in the kernel buffer. The ng `ControlProtocol` feeds requests to the relay, a one
 second loop timer runs `relay.tick()` (last activity, media timeouts, expiry), and an optional
-aiohttp server answers `/metrics` and `/healthz`. SIGTERM or SIGINT releases every call, checks
-the port allocator for leaks, closes the sockets and returns 0.
+aiohttp server answers `/metrics` and `/healthz`. The control socket is either bound here
+(`--control`) or inherited already bound from a parent (`--control-fd`, see `inherited_control`).
+SIGTERM or SIGINT, or with `--exit-with-parent` the parent's exit (parent.py), releases every call,
+checks the port allocator for leaks, closes the sockets and returns 0.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .config import RelaySettings
 from .control import ControlCore, ControlProtocol
 from .forwarder import RelayPort
 from .metrics import RelayCollector, make_registry, render
+from .parent import ParentWatch
 from .ports import PortAllocator
 from .session import CallExpired, MediaTimedOut, Relay, RelayConfig
 
@@ -74,9 +77,25 @@ class SocketOpener:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
+def inherited_control(fd: int) -> socket.socket:
+    """The ng socket a parent bound and passed down as `fd`; OSError unless it is a bound UDP socket."""
+    sock = socket.socket(fileno=fd)  # family and type are read from the descriptor
+    try:
+        if sock.type != socket.SOCK_DGRAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            raise OSError(f"control fd {fd} is not a UDP socket")
+        if sock.getsockname()[1] == 0:
+            raise OSError(f"control fd {fd} is not bound")
+        sock.setblocking(False)
+    except OSError:
+        sock.detach()  # not ours to close
+        raise
+    return sock
+
+
 class RelayDaemon:
-    def __init__(self, settings: RelaySettings) -> None:
+    def __init__(self, settings: RelaySettings, parent: ParentWatch | None = None) -> None:
         self.settings = settings
+        self.parent = parent
         self.log = get_logger("rtp_relay")
         self.escaped_exceptions = 0
         self.relay: Relay | None = None
@@ -96,9 +115,16 @@ class RelayDaemon:
         relay.wall_offset = time.time() - loop.time()
         self.relay = relay
         core = ControlCore(relay)
-        control_host, control_port = s.control_addr
-        control_transport, _ = await loop.create_datagram_endpoint(
-            lambda: ControlProtocol(core, loop, self._on_escaped), local_addr=(control_host, control_port))
+        def control_protocol() -> ControlProtocol:
+            return ControlProtocol(core, loop, self._on_escaped)
+
+        if s.control_fd is not None:
+            control_sock = inherited_control(s.control_fd)
+            control_transport, _ = await loop.create_datagram_endpoint(control_protocol, sock=control_sock)
+        else:
+            control_transport, _ = await loop.create_datagram_endpoint(control_protocol, local_addr=s.control_addr)
+        control_host, control_port = control_transport.get_extra_info("sockname")[:2]
+        control_name = f"[{control_host}]:{control_port}" if ":" in control_host else f"{control_host}:{control_port}"
         runner: web.AppRunner | None = None
         if s.http_addr is not None:
             registry = make_registry(RelayCollector(relay, core, lambda: self.escaped_exceptions))
@@ -107,8 +133,12 @@ class RelayDaemon:
             loop.add_signal_handler(sig, self._stopping.set)
         ticker = loop.call_later(TICK_S, self._tick, loop)
         self._ticker = ticker
-        self.log.info("relay_started", control=s.control, address=s.address, advertised=s.sdp_address,
-                      ports=s.ports, http=s.http, media_timeout=s.media_timeout)
+        self.log.info("relay_started", control=control_name, control_fd=s.control_fd,
+                      address=s.address, advertised=s.sdp_address, ports=s.ports, http=s.http,
+                      media_timeout=s.media_timeout,
+                      exit_with_parent=None if self.parent is None else
+                      ("prctl" if self.parent.signalled else "poll"))
+        self._check_parent()
         await self._stopping.wait()
         self._ticker.cancel()
         control_transport.close()
@@ -126,8 +156,14 @@ class RelayDaemon:
                       leak=leak or None, escaped_exceptions=self.escaped_exceptions + relay.internal_errors)
         return 0
 
+    def _check_parent(self) -> None:
+        if self.parent is not None and not self._stopping.is_set() and self.parent.gone():
+            self.log.info("parent_exited", parent_pid=self.parent.parent_pid)
+            self._stopping.set()
+
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         assert self.relay is not None
+        self._check_parent()
         try:
             for event in self.relay.tick(loop.time()):
                 if isinstance(event, MediaTimedOut):

@@ -26,6 +26,7 @@ from ..sip.message import Headers, Request, Response, build_response
 from ..sip.uri import parse_uri
 from .header_policy import HeaderPolicy
 from .leg import Leg, Side
+from .sdp_path import SdpPath
 
 # Requests a leg may relay within a dialog; the rest are answered 405 or handled specially.
 RELAYED_METHODS = frozenset({"INVITE", "UPDATE", "INFO", "MESSAGE", "OPTIONS", "NOTIFY", "PRACK"})
@@ -47,9 +48,12 @@ class CallContext(Protocol):
 
     policy: HeaderPolicy
     no_answer_timeout: float
+    media_timeout: float  # 0: media is never checked
+    media_check_interval: float
 
     def new_tag(self) -> str: ...
     def new_call_id(self) -> str: ...
+    def new_media(self, call: Call) -> Any: ...
     def contact_for(self, dest: Address) -> str: ...
     def send_request(self, leg: Leg, request: Request, dest: Address) -> Any: ...
     def send_ack(self, leg: Leg, ack: Request, dest: Address) -> None: ...
@@ -59,6 +63,7 @@ class CallContext(Protocol):
     def register_leg(self, leg: Leg) -> None: ...
     def call_ended(self, call: Call, result: str) -> None: ...
     def log_event(self, call: Call, event: str, **fields: Any) -> None: ...
+    def media_event(self, call: Call, event: str, reason: str) -> None: ...
 
 
 # Status codes we change when relaying a final response to the caller.
@@ -97,6 +102,9 @@ class Call:
         self._ack_wait: dict[Side, tuple[Leg, int]] = {}  # leg whose ACK we await -> (leg to ACK, cseq)
         self._no_answer_timer: Any = None
         self._released_forks: dict[str, tuple[Request, Address]] = {}  # to-tag -> the ACK we sent it
+        self.media = ctx.new_media(self)
+        self.sdp = SdpPath(self.media)
+        self._media_timer: Any = None
 
     @property
     def call_id(self) -> str:
@@ -108,9 +116,28 @@ class Call:
     # -- setting up ------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.ctx.register_leg(self.a)
+        self.ctx.register_leg(self.b)
+        self._no_answer_timer = self.ctx.call_later(self.ctx.no_answer_timeout, self._no_answer)
+        self.sdp.carry("offer", self.a, self.b, self.a_invite, self._send_b_invite, self._initial_offer_failed)
+
+    def _initial_offer_failed(self, reason: str, bad_sdp: bool) -> None:
+        if self.state is not CallState.CALLING:
+            return  # the caller gave up meanwhile
+        self.ctx.media_event(self, "offer_failed", reason)
+        if bad_sdp:
+            self._respond_a(488, "Not Acceptable Here", [("Warning", f'399 b2bua "{_quote(reason)}"')])
+            self.result = "rejected"
+        else:
+            self._respond_a(503, "Service Unavailable (media relay unavailable)", [("Retry-After", "5")])
+            self.result = "failed"
+        self.b_final = True
+        self._finish()
+
+    def _send_b_invite(self, body: bytes) -> None:
+        if self.state is not CallState.CALLING:
+            return  # cancelled or timed out while the relay prepared the offer
         ctx = self.ctx
-        ctx.register_leg(self.a)
-        ctx.register_leg(self.b)
         invite = self.a_invite
         hop = self.b.peer
         uri = invite.uri
@@ -133,10 +160,9 @@ class Call:
             ("Allow", ALLOW),
         ]
         headers.extend(ctx.policy.request_headers(invite))
-        b_invite = Request("INVITE", parse_uri(ruri), Headers(headers), invite.body)
+        b_invite = Request("INVITE", parse_uri(ruri), Headers(headers), body)
         self.b_invite = b_invite
         self.b.invite_tx = ctx.send_request(self.b, b_invite, hop)
-        self._no_answer_timer = ctx.call_later(ctx.no_answer_timeout, self._no_answer)
         ctx.log_event(self, "call_started", b_call_id=self.b.call_id, next_hop=str(hop))
 
     def _no_answer(self) -> None:
@@ -169,8 +195,18 @@ class Call:
         headers = self.ctx.policy.response_headers(resp)
         if tag:
             headers.append(("Contact", self.ctx.contact_for(self.a.peer)))
-        self.ctx.respond(self.a.invite_tx, build_response(
-            self.a_invite, resp.status, resp.reason, to_tag=self.a.local_tag, headers=headers, body=resp.body))
+
+        def relay(body: bytes) -> None:
+            if not self.a_answered:
+                self.ctx.respond(self.a.invite_tx, build_response(
+                    self.a_invite, resp.status, resp.reason, to_tag=self.a.local_tag, headers=headers, body=body))
+
+        self.sdp.carry(self._b_sdp_kind(), self.b, self.a, resp, relay, self._media_failed_on_answer)
+
+    def _b_sdp_kind(self) -> str:
+        """SDP from the callee answers our offer, or is the offer when our INVITE had none."""
+        assert self.b_invite is not None
+        return "answer" if self.b_invite.body else "offer"
 
     def _on_b_success(self, resp: Response) -> None:
         assert self.b_invite is not None
@@ -200,14 +236,21 @@ class Call:
         headers = self.ctx.policy.response_headers(resp)
         headers.append(("Contact", self.ctx.contact_for(self.a.peer)))
         headers.append(("Allow", ALLOW))
-        self.a_answered = True
-        assert self.a.dialog is not None
-        self.a.dialog.state = DialogState.CONFIRMED
-        self.state = CallState.CONFIRMED
-        self.result = "answered"
-        self.ctx.respond(self.a.invite_tx, build_response(
-            self.a_invite, resp.status, resp.reason, to_tag=self.a.local_tag, headers=headers, body=resp.body))
-        self.ctx.log_event(self, "call_answered")
+
+        def answer_caller(body: bytes) -> None:
+            if self.a_answered or self.state not in (CallState.CALLING, CallState.EARLY):
+                return  # the caller cancelled while the relay worked: _give_up has hung up the B leg
+            self.a_answered = True
+            assert self.a.dialog is not None
+            self.a.dialog.state = DialogState.CONFIRMED
+            self.state = CallState.CONFIRMED
+            self.result = "answered"
+            self.ctx.respond(self.a.invite_tx, build_response(
+                self.a_invite, resp.status, resp.reason, to_tag=self.a.local_tag, headers=headers, body=body))
+            self.ctx.log_event(self, "call_answered")
+            self._watch_media()
+
+        self.sdp.carry(self._b_sdp_kind(), self.b, self.a, resp, answer_caller, self._media_failed_on_answer)
 
     def _reject_fork(self, resp: Response) -> None:
         assert self.b_invite is not None
@@ -260,6 +303,8 @@ class Call:
     def _give_up(self, result: str) -> None:
         self.result = result
         self._cancel_no_answer()
+        if self.b.invite_tx is None:
+            self.b_final = True  # the relay still prepares the offer: nothing was sent to the callee
         if self.b_final:
             if self.b.confirmed:
                 self._send_bye(self.b)
@@ -315,20 +360,49 @@ class Call:
         headers = self.ctx.policy.request_headers(req)
         if method in TARGET_REFRESH:
             headers.append(("Contact", self.ctx.contact_for(other.peer)))
-        assert other.dialog is not None
-        out = other.dialog.create_request(method, headers, req.body)
-        # RFC 7332: a B2BUA decrements Max-Forwards across legs instead of resetting it.
-        out = out.with_headers(out.headers.set("Max-Forwards", str((mf if mf is not None else 70) - 1)))
         if method == "INVITE":
             other.reinvite_pending = True
-        ctx_tx = self.ctx.send_request(other, out, other.destination())
-        self._relays[ctx_tx] = (tx, leg)
+
+        def send(body: bytes) -> None:
+            if self.state is not CallState.CONFIRMED or not other.confirmed:
+                other.reinvite_pending = False
+                self.ctx.respond(tx, build_response(req, 481))
+                return
+            assert other.dialog is not None
+            out = other.dialog.create_request(method, headers, body)
+            # RFC 7332: a B2BUA decrements Max-Forwards across legs instead of resetting it.
+            out = out.with_headers(out.headers.set("Max-Forwards", str((mf if mf is not None else 70) - 1)))
+            ctx_tx = self.ctx.send_request(other, out, other.destination())
+            self._relays[ctx_tx] = (tx, leg)
+
+        def refuse(reason: str, bad_sdp: bool) -> None:
+            other.reinvite_pending = False
+            if bad_sdp:
+                self.ctx.respond(tx, build_response(req, 488, headers=[("Warning", f'399 b2bua "{_quote(reason)}"')]))
+            else:
+                self.ctx.respond(tx, build_response(req, 500, "Server Internal Error (media relay failed)",
+                                                    headers=[("Retry-After", "1")]))
+                self.media_failed(reason)
+
+        kind = "offer" if method in TARGET_REFRESH else None
+        self.sdp.carry(kind, leg, other, req, send, refuse)
 
     def on_ack(self, leg: Leg, ack: Request) -> None:
         waiting = self._ack_wait.pop(leg.side, None)
-        if waiting is not None:
-            target, cseq = waiting
-            self._ack(target, cseq, ack.body, ack.headers.get("Content-Type"))
+        if waiting is None:
+            return
+        target, cseq = waiting
+        content_type = ack.headers.get("Content-Type")
+
+        def send(body: bytes) -> None:
+            self._ack(target, cseq, body, content_type)
+
+        def failed(reason: str, bad_sdp: bool) -> None:
+            self._ack(target, cseq, b"")  # a 2xx is ACKed whatever happens (RFC 3261 §13.2.2.4)
+            self.media_failed(reason)
+
+        # The ACK completes a late offer: its SDP answers the offer the other leg made in its 2xx.
+        self.sdp.carry("answer", leg, target, ack, send, failed)
 
     # -- responses to requests this call sent (other than the B leg's INVITE) ---------------------
 
@@ -340,13 +414,13 @@ class Call:
             return
         if tx not in self._relays:
             return
-        relay = self._relays[tx]
-        if relay is None:
+        pair = self._relays[tx]
+        if pair is None:
             # Already relayed its final: a 2xx retransmission to a re-INVITE; repeat our ACK.
             if resp.is_success and tx.request.method == "INVITE":
                 self._resend_ack(leg, resp)
             return
-        stx, from_leg = relay
+        stx, from_leg = pair
         if resp.status == 100:
             return
         method = tx.request.method
@@ -365,8 +439,18 @@ class Call:
         headers = self.ctx.policy.response_headers(resp)
         if method in TARGET_REFRESH and resp.status < 300:
             headers.append(("Contact", self.ctx.contact_for(from_leg.peer)))
-        self.ctx.respond(stx, build_response(stx.request, resp.status, resp.reason, headers=headers,
-                                             body=resp.body))
+
+        def relay_response(body: bytes) -> None:
+            self.ctx.respond(stx, build_response(stx.request, resp.status, resp.reason, headers=headers, body=body))
+
+        def failed(reason: str, bad_sdp: bool) -> None:
+            self.ctx.respond(stx, build_response(stx.request, 500, "Server Internal Error (media relay failed)"))
+            self.media_failed(reason)
+
+        kind = None
+        if method in TARGET_REFRESH and resp.status < 300:
+            kind = "answer" if tx.request.body else "offer"
+        self.sdp.carry(kind, leg, from_leg, resp, relay_response, failed)
         if resp.status in (408, 481) and self.state is CallState.CONFIRMED:
             # RFC 3261 §12.2.1.2: the dialog is gone on that side; end the call on both.
             self.hangup(reason=f"{resp.status} to in-dialog {method}")
@@ -431,7 +515,52 @@ class Call:
             return
         self.state = CallState.ENDED
         self._cancel_no_answer()
+        if self._media_timer is not None:
+            self._media_timer.cancel()
+            self._media_timer = None
+        self.media.delete()
         self.ctx.call_ended(self, self.result or "failed")
+
+    # -- media -------------------------------------------------------------------------------------
+
+    def media_failed(self, reason: str) -> None:
+        """The relay lost this call's media (it went down, or refused an update): end the call."""
+        if self.state in (CallState.ENDING, CallState.ENDED, CallState.CANCELLING):
+            return
+        self.ctx.media_event(self, "call_ended", reason)
+        if self.a_answered:
+            self.hangup(reason=f"media relay failed: {reason}")
+        else:
+            self._respond_a(503, "Service Unavailable (media relay failed)", [("Retry-After", "5")])
+            self._give_up("failed")
+
+    def _media_failed_on_answer(self, reason: str, bad_sdp: bool) -> None:
+        self.media_failed(f"bad SDP from the callee: {reason}" if bad_sdp else reason)
+
+    @property
+    def on_hold(self) -> bool:
+        return self.a.sdp.peer_held or self.b.sdp.peer_held
+
+    def _watch_media(self) -> None:
+        if self.media.active and self.ctx.media_timeout > 0:
+            self._media_timer = self.ctx.call_later(self.ctx.media_check_interval, self._check_media)
+
+    def _check_media(self) -> None:
+        self._media_timer = None
+        if self.state is not CallState.CONFIRMED:
+            return
+        self._watch_media()
+        if not self.on_hold:  # RFC 3264 hold: silence is expected, the timeout is off
+            self.media.query(self._media_checked)
+
+    def _media_checked(self, reply: dict[str, Any] | None, error: str | None) -> None:
+        if self.state is not CallState.CONFIRMED or self.on_hold:
+            return
+        # Our relay flags a timed-out call; rtpengine deletes it after its own timeout.
+        gone = error is not None and "unknown call-id" in error.lower()
+        if gone or (reply is not None and str(reply.get("timed out", "0")) == "1"):
+            self.ctx.media_event(self, "timeout", "no media")
+            self.hangup(reason="media timeout")
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -465,3 +594,8 @@ class Call:
 
     def transactions(self) -> list[Any]:
         return [*self._relays, *self._byes]
+
+
+def _quote(text: str) -> str:
+    """Text safe inside a quoted-string of a Warning header."""
+    return "".join(c for c in text if c.isprintable() and c not in '"\\')[:100]

@@ -14,6 +14,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..media.leg_sdp import LegSdp
 from ..sip.address import Address
 from ..sip.dialog import Dialog, DialogState
 
@@ -40,6 +41,7 @@ class Leg:
     reinvite_pending: bool = False
     ack: Any = None  # (Request, Address) of the last ACK we sent on this leg, re-sent on 2xx retransmits
     ack_for: tuple[int, str] | None = None  # (CSeq, to-tag) the stored ACK answers
+    sdp: LegSdp = field(default_factory=LegSdp)  # our o= line and the last SDP each way
 
     @property
     def key(self) -> tuple[str, str]:

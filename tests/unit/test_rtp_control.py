@@ -83,6 +83,9 @@ def test_settings_defaults_and_parsing() -> None:
     s = load_settings({"ports": "30000-30999", "control": "127.0.0.1:2223", "http": "127.0.0.1:9191"})
     assert s.port_range == (30000, 30999) and s.control_addr == ("127.0.0.1", 2223)
     assert s.http_addr == ("127.0.0.1", 9191) and s.sdp_address == "127.0.0.1"
+    assert s.control_fd is None and s.exit_with_parent is False
+    s = load_settings({"control_fd": "7", "exit_with_parent": True})
+    assert s.control_fd == 7 and s.exit_with_parent
 
 
 @pytest.mark.parametrize("values, field", [
@@ -95,6 +98,8 @@ def test_settings_defaults_and_parsing() -> None:
     ({"log_level": "loud"}, "log_level"),
     ({"address": "0.0.0.0"}, "advertised_address"),
     ({"bogus": 1}, "bogus"),
+    ({"control_fd": -1}, "control_fd"),
+    ({"control_fd": 3, "control": "127.0.0.1:2223"}, "exclusive"),
 ])
 def test_settings_errors_name_the_field(values: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=field):

@@ -15,6 +15,11 @@ from b2bua.sip.address import Address
 from b2bua.sip.message import Request, Response
 from b2bua.sip.parser import parse_message
 from b2bua.sip.scheduler import Scheduler
+from rtp_relay.control import ControlCore
+from rtp_relay.ports import PortAllocator
+from rtp_relay.session import Relay, RelayConfig
+
+from .test_rtp_session import FakeOpener
 
 
 class _Log:
@@ -32,20 +37,62 @@ PBX = Address("udp", "127.0.0.1", 5080)
 _counter = itertools.count(1)
 
 
+RELAY = ("127.0.0.1", 2223)
+
+
 @dataclass
 class Wire:
+    """`relay=True`: media goes through a real in-process rtp_relay (sans-IO `Relay` behind its ng
+    `ControlCore`). With `auto_pump` the relay answers each ng datagram as it is sent; without,
+    datagrams wait in `ng_out` until the test calls `pump()`."""
+
     overrides: dict = field(default_factory=dict)
+    relay: bool = False
+    auto_pump: bool = True
 
     def __post_init__(self) -> None:
+        media = {"enabled": True, "relays": [f"{RELAY[0]}:{RELAY[1]}"]} if self.relay else {"enabled": False}
         settings = load_settings(environ={}, overrides={
             "sip": {"listen": ["127.0.0.1:5060"]},
             "routing": {"next_hop": "127.0.0.1:5080"},
+            "media": media,
             **self.overrides,
         })
         self.sched = Scheduler(1000.0)
         self.sent: list[tuple[Request | Response, Address]] = []
         self.log = _Log()
-        self.core = Core(settings, self.sched, self._send, self.log)
+        self.ng_out: list[tuple[bytes, tuple[str, int]]] = []
+        self.relay_down = False  # drop every ng datagram, as if the relay process died
+        self.rtp: Relay | None = None
+        self.control: ControlCore | None = None
+        if self.relay:
+            self.rtp = Relay(RelayConfig("127.0.0.1"), PortAllocator(30000, 30099), FakeOpener())
+            self.control = ControlCore(self.rtp)
+        self.core = Core(settings, self.sched, self._send, self.log, send_ng=self._send_ng if self.relay else None)
+        self.core.start()
+        self._auto()
+
+    def _send_ng(self, data: bytes, dest: tuple[str, int]) -> None:
+        self.ng_out.append((data, dest))
+        if self.auto_pump and len(self.ng_out) == 1:
+            self.pump()  # the relay answers at once (pump is not re-entered from its own replies)
+
+    def pump(self) -> int:
+        """Deliver queued ng requests to the relay and its replies to the core; returns how many."""
+        n = 0
+        while self.ng_out and n < 1000:
+            data, dest = self.ng_out.pop(0)
+            n += 1
+            if self.relay_down or dest != RELAY or self.control is None:
+                continue
+            reply = self.control.receive(data, ("127.0.0.1", 40000), self.sched.now)
+            if reply is not None:
+                self.core.receive_ng(reply, RELAY)
+        return n
+
+    def _auto(self) -> None:
+        if self.auto_pump:
+            self.pump()
 
     def _send(self, data: bytes, dest: Address) -> None:
         self.sent.append((parse_message(data), dest))
@@ -54,9 +101,11 @@ class Wire:
         head = text.strip("\n").replace("\n", "\r\n")
         raw = f"{head}\r\nContent-Length: {len(body.encode())}\r\n\r\n{body}".encode()
         self.core.receive(raw, source)
+        self._auto()
 
     def advance(self, seconds: float) -> None:
         self.sched.advance(self.sched.now + seconds)
+        self._auto()
 
     def take(self, dest: Address | None = None) -> list[Request | Response]:
         """Messages sent (to `dest`) since the last take, oldest first."""
@@ -70,6 +119,18 @@ class Wire:
     def responses(self, dest: Address, status: int | None = None) -> list[Response]:
         return [m for m, d in self.sent
                 if d == dest and isinstance(m, Response) and (status is None or m.status == status)]
+
+
+def same_sdp(body: bytes, sdp: str) -> bool:
+    """Equal but for the o= line, which each leg writes as its own (RFC 3264 §8)."""
+    def strip(text: str) -> list[str]:
+        return [line for line in text.split("\r\n") if not line.startswith("o=")]
+    return strip(body.decode()) == strip(sdp)
+
+
+def origin(body: bytes) -> list[str]:
+    """The o= line's fields: username, sess-id, sess-version, nettype, addrtype, address."""
+    return next(line[2:].split() for line in body.decode().split("\r\n") if line.startswith("o="))
 
 
 SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"

@@ -1,0 +1,88 @@
+"""Offer/answer bookkeeping for one leg: our own o= line and the last SDP each way (RFC 3264).
+
+How this works: each leg shows its peer one continuous session, whatever happens on the other side
+(the relay re-anchoring, a transfer to a new party). RFC 3264 §8 asks that every SDP sent in a
+dialog keeps the o= username and session id, and that the version goes up by one exactly when the
+description changed. So a `LegSdp` owns an origin (username `-`, a random session id, a version),
+writes it into every SDP the leg sends (`outgoing`), and bumps the version only when the body
+without its o= line differs from the one sent before. It also keeps the last SDP the peer sent
+(`incoming`), from which `peer_held` tells whether the peer has put its streams on hold
+(sendonly/inactive, or the RFC 2543 `c=0.0.0.0`), which is what turns the media timeout off.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+from rtp_relay.sdp import SdpError, SessionDescription
+
+__all__ = ["LegSdp", "SdpError", "is_sdp"]
+
+
+def is_sdp(content_type: str | None) -> bool:
+    """True for `application/sdp` bodies (parameters and case ignored)."""
+    if not content_type:
+        return False
+    return content_type.split(";", 1)[0].strip().lower() == "application/sdp"
+
+
+class LegSdp:
+    __slots__ = ("session_id", "version", "local", "remote", "_last_content")
+
+    def __init__(self) -> None:
+        # RFC 4566 §5.2: sess-id and sess-version are numeric; an NTP-like size keeps peers happy.
+        self.session_id = int.from_bytes(os.urandom(4), "big") | 1
+        self.version = self.session_id
+        self.local: bytes | None = None  # the last SDP we sent on this leg
+        self.remote: bytes | None = None  # the last SDP the peer sent
+        self._last_content: str | None = None
+
+    def outgoing(self, body: bytes) -> bytes:
+        """`body` with our o= line, version bumped when the content changed. Raises SdpError."""
+        sdp = SessionDescription.parse(body)
+        origin = next((line for line in sdp.session if line.type == "o"), None)
+        if origin is None:
+            raise SdpError("SDP has no o= line")
+        content = "".join(line.text() for line in sdp.session if line is not origin) + "".join(
+            line.text() for m in sdp.media for line in m.lines)
+        if self._last_content is not None and content != self._last_content:
+            self.version += 1
+        self._last_content = content
+        address = _origin_address(sdp)
+        addr_type = "IP6" if ":" in address else "IP4"
+        origin.value = f"- {self.session_id} {self.version} IN {addr_type} {address}"
+        out = sdp.serialize()
+        self.local = out
+        return out
+
+    def incoming(self, body: bytes) -> None:
+        self.remote = body
+
+    @property
+    def peer_held(self) -> bool:
+        """The peer's last SDP holds every active stream (or has none active)."""
+        if self.remote is None:
+            return False
+        try:
+            sdp = SessionDescription.parse(self.remote)
+        except SdpError:
+            return False
+        active = [i for i, m in enumerate(sdp.media) if not m.disabled]
+        return bool(active) and all(sdp.is_hold(i) for i in active)
+
+
+def _origin_address(sdp: SessionDescription) -> str:
+    """The address to name in o=: the session-level c= if it is a usable IP, else the old o=."""
+    conn = sdp.connection
+    candidates = [conn.address if conn is not None else None, sdp.origin_address]
+    candidates += [m.connection.address for m in sdp.media if m.connection is not None]
+    for candidate in candidates:
+        if candidate is None:
+            continue
+        try:
+            if not ipaddress.ip_address(candidate).is_unspecified:
+                return candidate
+        except ValueError:
+            continue
+    return sdp.origin_address or "0.0.0.0"
