@@ -1,6 +1,7 @@
 # The two quick-start commands (see README):
 #   make run    install the daemon into .venv and run it on the embedded default configuration
-#   make test   install everything the tests need (SIPp from Debian's sip-tester included) and run them
+#   make test   install everything the tests need (SIPp from Debian's sip-tester, and rtpengine-daemon
+#               for the test that drives rtpengine instead of our relay) and run them
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -10,7 +11,7 @@ ARGS   ?=
 
 .PHONY: run test install install-test lint typecheck clean system-deps
 
-# Debian packages the quick start relies on: venv support, and SIPp for the tests.
+# Debian packages the quick start relies on: venv support; SIPp and rtpengine for the tests.
 system-deps:
 	@./deploy/ensure-debian-packages.sh python3-venv
 
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 $(TSTAMP): $(STAMP) pyproject.toml
-	@./deploy/ensure-debian-packages.sh sip-tester
+	@./deploy/ensure-debian-packages.sh sip-tester rtpengine-daemon
 	$(PY) -m pip install -q -e '.[test,dev]'
 	@touch $@
 

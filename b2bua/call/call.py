@@ -99,7 +99,7 @@ class Call:
         self.b_final = False  # the B leg's INVITE got its final response (or timed out)
         self._relays: dict[Any, Any] = {}  # client tx on one leg -> server tx on the other (None: done)
         self._byes: set[Any] = set()
-        self._ack_wait: dict[Side, tuple[Leg, int]] = {}  # leg whose ACK we await -> (leg to ACK, cseq)
+        self._ack_wait: dict[Leg, tuple[Leg, int]] = {}  # leg whose ACK we await -> (leg to ACK, cseq)
         self._no_answer_timer: Any = None
         self._released_forks: dict[str, tuple[Request, Address]] = {}  # to-tag -> the ACK we sent it
         self.media = ctx.new_media(self)
@@ -232,7 +232,7 @@ class Call:
         if self.b_invite.body:
             self._ack(self.b, self.b_invite.cseq.seq, b"")
         else:
-            self._ack_wait[Side.A] = (self.b, self.b_invite.cseq.seq)  # late offer: A's ACK has the answer
+            self._ack_wait[self.a] = (self.b, self.b_invite.cseq.seq)  # late offer: A's ACK has the answer
         headers = self.ctx.policy.response_headers(resp)
         headers.append(("Contact", self.ctx.contact_for(self.a.peer)))
         headers.append(("Allow", ALLOW))
@@ -388,7 +388,7 @@ class Call:
         self.sdp.carry(kind, leg, other, req, send, refuse)
 
     def on_ack(self, leg: Leg, ack: Request) -> None:
-        waiting = self._ack_wait.pop(leg.side, None)
+        waiting = self._ack_wait.pop(leg, None)
         if waiting is None:
             return
         target, cseq = waiting
@@ -435,7 +435,7 @@ class Call:
                 if tx.request.body:
                     self._ack(leg, tx.request.cseq.seq, b"")
                 else:
-                    self._ack_wait[from_leg.side] = (leg, tx.request.cseq.seq)
+                    self._ack_wait[from_leg] = (leg, tx.request.cseq.seq)
         headers = self.ctx.policy.response_headers(resp)
         if method in TARGET_REFRESH and resp.status < 300:
             headers.append(("Contact", self.ctx.contact_for(from_leg.peer)))

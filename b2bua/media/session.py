@@ -32,6 +32,7 @@ class MediaSession:
         self.ng_call_id = ng_call_id
         self.relay: Relay | None = None
         self.deleted = False
+        self.errors: list[str] = []  # why relays refused the first offer
 
     @property
     def active(self) -> bool:
@@ -72,8 +73,8 @@ class MediaSession:
     def _first_offer(self, message: dict[str, Any], done: SdpDone, tried: list[Relay]) -> None:
         relay = self.pool.pick(exclude=tried)
         if relay is None:
-            done(None, "no media relay available" if not tried else f"no media relay accepted the offer "
-                 f"(tried {', '.join(r.name for r in tried)})")
+            done(None, "no media relay available" if not tried else
+                 f"no media relay accepted the offer ({'; '.join(self.errors)})")
             return
         tried.append(relay)
 
@@ -85,6 +86,7 @@ class MediaSession:
                 return
             sdp = reply.get("sdp") if reply is not None and error is None else None
             if not isinstance(sdp, bytes):
+                self.errors.append(f"{relay.name}: {error or 'reply without SDP'}")
                 self._first_offer(message, done, tried)
                 return
             self.relay = relay

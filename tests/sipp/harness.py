@@ -247,6 +247,9 @@ class Daemon:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env["B2BUA_SHUTDOWN__DRAIN_TIMEOUT_S"] = "2"
+        # The embedded relay's ports stay below the kernel's ephemeral range, where free_port_block
+        # finds SIPp's media ports: the two never race for a port.
+        env["B2BUA_MEDIA__EMBEDDED__PORTS"] = "20000-29999"
         env.update(self.extra_env)
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
