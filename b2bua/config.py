@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .call.transfer_policy import TransferSettings
 from .sip.address import Address
 from .sip.uri import SipUri, UriError, parse_uri, split_hostport
 
@@ -221,7 +222,14 @@ class Settings(_Section):
     http: HttpSettings = HttpSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
     media: MediaSettings = MediaSettings()
+    transfers: TransferSettings = TransferSettings()
     log: LogSettings = LogSettings()
+
+    @model_validator(mode="after")
+    def _implemented(self) -> Settings:
+        if self.transfers.mode == "passthrough":
+            raise ValueError("transfers.mode: passthrough is not implemented yet (use terminate or reject)")
+        return self
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -16,9 +16,11 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from .call.call import ALLOW, Call, release_requests
+from .call.call import Call, release_requests
+from .call.capabilities import ALLOW, SUPPORTED
 from .call.header_policy import HeaderPolicy
 from .call.leg import Leg
+from .call.transfer_policy import ReferRateLimiter, TargetPolicy
 from .config import Settings, parse_hostport
 from .media.ng_client import NgClient
 from .media.relay_pool import Relay, RelayPool
@@ -32,7 +34,7 @@ from .sip.scheduler import Scheduler
 from .sip.transaction import TimerConfig, TransactionLayer, response_destination
 from .sip.uri import AbsoluteUri, SipUri
 
-SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()  # option tags we implement (RFC 3261 §8.2.2.3)
+SUPPORTED_EXTENSIONS = SUPPORTED  # option tags we implement (RFC 3261 §8.2.2.3)
 KNOWN_METHODS = frozenset({"INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "UPDATE", "INFO",
                            "MESSAGE", "NOTIFY", "SUBSCRIBE", "REFER", "PRACK", "PUBLISH"})
 
@@ -59,6 +61,9 @@ class Core:
         self.router = StaticRouter(settings.routing)
         self.policy = HeaderPolicy(settings.calls.pass_headers)
         self.no_answer_timeout = settings.calls.no_answer_timeout_s
+        self.transfers = settings.transfers
+        self.target_policy = TargetPolicy(settings.transfers)
+        self.refer_limiter = ReferRateLimiter.from_settings(settings.transfers)
         media = settings.media
         self.media_timeout = media.timeout_s
         self.media_check_interval = media.check_interval_s
@@ -187,7 +192,7 @@ class Core:
                 self._release_orphan_answer(tx, response)
             return
         call = leg.call
-        if tx is call.b.invite_tx:
+        if tx is call.b_invite_tx:
             call.on_invite_response(tx, response)
         else:
             call.on_response(leg, tx, response)
@@ -206,7 +211,7 @@ class Core:
             if response.is_success and response.cseq.method == "INVITE":
                 leg = self._legs.get((response.call_id, response.from_tag or ""))
                 if leg is not None:
-                    leg.call._resend_ack(leg, response)
+                    leg.call.resend_ack(leg, response)
         except ValueError:
             self.stats.malformed["stray-response"] += 1
 
@@ -221,13 +226,13 @@ class Core:
         if leg is None:
             return
         call = leg.call
-        if tx is call.a.invite_tx:
+        if tx is call.a_invite_tx:
             if not transport_error:
                 call.on_a_invite_timeout()  # no ACK came (Timer H / L)
-        elif tx is call.b.invite_tx:
+        elif tx is call.b_invite_tx:
             call.on_invite_failed(transport_error)
         else:
-            call.on_timeout(leg, tx)
+            call.on_timeout(leg, tx, transport_error)
 
     # -- CallContext -------------------------------------------------------------------------------
 
@@ -237,10 +242,22 @@ class Core:
     def new_call_id(self) -> str:
         return f"{os.urandom(12).hex()}@{self.local_host}"
 
-    def new_media(self, call: Call) -> MediaSession | PassThroughMedia:
+    def new_media(self, call: Call, key: str) -> MediaSession | PassThroughMedia:
         if self.relays is None:
             return PassThroughMedia()
-        return MediaSession(self.relays, self.media_prefix + call.b.call_id)
+        return MediaSession(self.relays, self.media_prefix + key)
+
+    def now(self) -> float:
+        return self.scheduler.now
+
+    def route(self, uri: Any) -> Address | None:
+        return self.router.route(uri)
+
+    def check_transfer_target(self, uri: Any) -> str | None:
+        return self.target_policy.check(uri)
+
+    def refer_allowed(self, leg: Leg) -> bool:
+        return self.refer_limiter.allow(leg.key, self.scheduler.now)
 
     def media_event(self, call: Call, event: str, reason: str) -> None:
         self.stats.media_events[event] += 1
@@ -294,8 +311,9 @@ class Core:
 
     def call_ended(self, call: Call, result: str) -> None:
         self.calls.discard(call)
-        for leg in (call.a, call.b):
+        for leg in call.all_legs():
             self._legs.pop(leg.key, None)
+            self.refer_limiter.forget(leg.key)
         for tx in self._call_txs.pop(call, ()):
             self._tx_owner.pop(tx, None)
             self._a_invites.pop(tx, None)

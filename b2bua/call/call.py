@@ -24,14 +24,16 @@ from ..sip.dialog import Dialog, DialogState
 from ..sip.headers import NameAddr
 from ..sip.message import Headers, Request, Response, build_response
 from ..sip.uri import parse_uri
+from .capabilities import ALLOW
 from .header_policy import HeaderPolicy
 from .leg import Leg, Side
+from .refer import ReferError, parse_refer
 from .sdp_path import SdpPath
+from .transfer import Transfer, TransferState
 
 # Requests a leg may relay within a dialog; the rest are answered 405 or handled specially.
 RELAYED_METHODS = frozenset({"INVITE", "UPDATE", "INFO", "MESSAGE", "OPTIONS", "NOTIFY", "PRACK"})
 TARGET_REFRESH = frozenset({"INVITE", "UPDATE"})
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, MESSAGE, NOTIFY, PRACK"
 
 
 class CallState(enum.Enum):
@@ -50,10 +52,15 @@ class CallContext(Protocol):
     no_answer_timeout: float
     media_timeout: float  # 0: media is never checked
     media_check_interval: float
+    transfers: Any  # TransferSettings
 
     def new_tag(self) -> str: ...
     def new_call_id(self) -> str: ...
-    def new_media(self, call: Call) -> Any: ...
+    def new_media(self, call: Call, key: str) -> Any: ...
+    def now(self) -> float: ...
+    def route(self, uri: Any) -> Address | None: ...
+    def check_transfer_target(self, uri: Any) -> str | None: ...
+    def refer_allowed(self, leg: Leg) -> bool: ...
     def contact_for(self, dest: Address) -> str: ...
     def send_request(self, leg: Leg, request: Request, dest: Address) -> Any: ...
     def send_ack(self, leg: Leg, ack: Request, dest: Address) -> None: ...
@@ -91,10 +98,12 @@ class Call:
         self.result: str | None = None
         self.a_invite = invite
         self.a = Leg(self, Side.A, invite.call_id, ctx.new_tag(), source)
-        self.a.invite_tx = a_tx
+        self.a.invite_tx = self.a_invite_tx = a_tx
         self.a.dialog = Dialog.from_request(invite, self.a.local_tag)
         self.b = Leg(self, Side.B, ctx.new_call_id(), ctx.new_tag(), next_hop)
+        self.first_b = self.b  # the callee's leg: a transfer may put another leg in `b`
         self.b_invite: Request | None = None
+        self.b_invite_tx: Any = None
         self.a_answered = False  # a final response was sent to the caller's INVITE
         self.b_final = False  # the B leg's INVITE got its final response (or timed out)
         self._relays: dict[Any, Any] = {}  # client tx on one leg -> server tx on the other (None: done)
@@ -102,9 +111,12 @@ class Call:
         self._ack_wait: dict[Leg, tuple[Leg, int]] = {}  # leg whose ACK we await -> (leg to ACK, cseq)
         self._no_answer_timer: Any = None
         self._released_forks: dict[str, tuple[Request, Address]] = {}  # to-tag -> the ACK we sent it
-        self.media = ctx.new_media(self)
+        self.media = ctx.new_media(self, self.b.call_id)
         self.sdp = SdpPath(self.media)
         self._media_timer: Any = None
+        self.transfer: Transfer | None = None
+        self._own: dict[Any, Any] = {}  # requests the call originates itself -> handler(tx, response)
+        self._extra_legs: list[Leg] = []  # legs transfers added (registered with the core until the end)
 
     @property
     def call_id(self) -> str:
@@ -162,7 +174,7 @@ class Call:
         headers.extend(ctx.policy.request_headers(invite))
         b_invite = Request("INVITE", parse_uri(ruri), Headers(headers), body)
         self.b_invite = b_invite
-        self.b.invite_tx = ctx.send_request(self.b, b_invite, hop)
+        self.b.invite_tx = self.b_invite_tx = ctx.send_request(self.b, b_invite, hop)
         ctx.log_event(self, "call_started", b_call_id=self.b.call_id, next_hop=str(hop))
 
     def _no_answer(self) -> None:
@@ -187,8 +199,8 @@ class Call:
 
     def _on_b_provisional(self, resp: Response) -> None:
         tag = resp.to_tag
-        if tag and tag not in self.b.early and self.b_invite is not None:
-            self.b.early[tag] = Dialog.from_response(self.b_invite, resp)
+        if tag and tag not in self.first_b.early and self.b_invite is not None:
+            self.first_b.early[tag] = Dialog.from_response(self.b_invite, resp)
         if self.a_answered or self.state is not CallState.CALLING and self.state is not CallState.EARLY:
             return
         self.state = CallState.EARLY
@@ -201,7 +213,7 @@ class Call:
                 self.ctx.respond(self.a.invite_tx, build_response(
                     self.a_invite, resp.status, resp.reason, to_tag=self.a.local_tag, headers=headers, body=body))
 
-        self.sdp.carry(self._b_sdp_kind(), self.b, self.a, resp, relay, self._media_failed_on_answer)
+        self.sdp.carry(self._b_sdp_kind(), self.first_b, self.a, resp, relay, self._media_failed_on_answer)
 
     def _b_sdp_kind(self) -> str:
         """SDP from the callee answers our offer, or is the offer when our INVITE had none."""
@@ -211,28 +223,28 @@ class Call:
     def _on_b_success(self, resp: Response) -> None:
         assert self.b_invite is not None
         tag = resp.to_tag or ""
-        if self.b.dialog is not None:
-            if self.b.dialog.remote_tag == tag:
-                self._resend_ack(self.b, resp)  # a retransmitted 2xx: our ACK was lost
+        if self.first_b.dialog is not None:
+            if self.first_b.dialog.remote_tag == tag:
+                self.resend_ack(self.first_b, resp)  # a retransmitted 2xx: our ACK was lost
             else:
                 self._reject_fork(resp)  # RFC 3261 §13.2.2.4: a second fork answered too
             return
         self.b_final = True
         self._cancel_no_answer()
-        dialog = self.b.early.pop(tag, None) or Dialog.from_response(self.b_invite, resp)
+        dialog = self.first_b.early.pop(tag, None) or Dialog.from_response(self.b_invite, resp)
         dialog.confirm(resp)
-        self.b.dialog = dialog
-        self.b.early.clear()
+        self.first_b.dialog = dialog
+        self.first_b.early.clear()
         if self.state is CallState.CANCELLING or self.a_answered:
             # The 200 crossed our CANCEL (or the caller is gone): take the call and hang it up.
-            self._ack(self.b, self.b_invite.cseq.seq, b"")
-            self._send_bye(self.b)
+            self.ack(self.first_b, self.b_invite.cseq.seq, b"")
+            self._send_bye(self.first_b)
             self._maybe_finish()
             return
         if self.b_invite.body:
-            self._ack(self.b, self.b_invite.cseq.seq, b"")
+            self.ack(self.first_b, self.b_invite.cseq.seq, b"")
         else:
-            self._ack_wait[self.a] = (self.b, self.b_invite.cseq.seq)  # late offer: A's ACK has the answer
+            self._ack_wait[self.a] = (self.first_b, self.b_invite.cseq.seq)  # late offer: A's ACK has the answer
         headers = self.ctx.policy.response_headers(resp)
         headers.append(("Contact", self.ctx.contact_for(self.a.peer)))
         headers.append(("Allow", ALLOW))
@@ -250,19 +262,19 @@ class Call:
             self.ctx.log_event(self, "call_answered")
             self._watch_media()
 
-        self.sdp.carry(self._b_sdp_kind(), self.b, self.a, resp, answer_caller, self._media_failed_on_answer)
+        self.sdp.carry(self._b_sdp_kind(), self.first_b, self.a, resp, answer_caller, self._media_failed_on_answer)
 
     def _reject_fork(self, resp: Response) -> None:
         assert self.b_invite is not None
         tag = resp.to_tag or ""
         released = self._released_forks.get(tag)
         if released is not None:
-            self.ctx.send_ack(self.b, *released)  # its 2xx again: our ACK was lost; BYE is under way
+            self.ctx.send_ack(self.first_b, *released)  # its 2xx again: our ACK was lost; BYE is under way
             return
-        ack, bye, dest = release_requests(self.b_invite, resp, self.b.peer)
+        ack, bye, dest = release_requests(self.b_invite, resp, self.first_b.peer)
         self._released_forks[tag] = (ack, dest)
-        self.ctx.send_ack(self.b, ack, dest)
-        self._byes.add(self.ctx.send_request(self.b, bye, dest))
+        self.ctx.send_ack(self.first_b, ack, dest)
+        self._byes.add(self.ctx.send_request(self.first_b, bye, dest))
 
     def _on_b_failure(self, resp: Response) -> None:
         self.b_final = True
@@ -334,11 +346,17 @@ class Call:
         if method == "BYE":
             self.ctx.respond(tx, build_response(req, 200))
             self.ctx.log_event(self, "bye_received", side=leg.label)
-            self.hangup(from_leg=leg)
+            transfer = self.transfer
+            if leg is not self.a and leg is not self.b:
+                dialog.state = DialogState.TERMINATED  # a leg a transfer already released
+            elif transfer is not None and leg is transfer.transferor and transfer.state is TransferState.CALLING:
+                dialog.state = DialogState.TERMINATED
+                transfer.transferor_left()  # RFC 5589 §6.1: the transfer goes on without it
+            else:
+                self.hangup(from_leg=leg)
             return
         if method == "REFER":
-            # Transfers arrive with the transfer issue; until then the policy is "reject".
-            self.ctx.respond(tx, build_response(req, 403, "Forbidden (transfer not enabled)"))
+            self._on_refer(leg, tx, req)
             return
         if method not in RELAYED_METHODS:
             self.ctx.respond(tx, build_response(req, 405, headers=[("Allow", ALLOW)]))
@@ -395,10 +413,10 @@ class Call:
         content_type = ack.headers.get("Content-Type")
 
         def send(body: bytes) -> None:
-            self._ack(target, cseq, body, content_type)
+            self.ack(target, cseq, body, content_type)
 
         def failed(reason: str, bad_sdp: bool) -> None:
-            self._ack(target, cseq, b"")  # a 2xx is ACKed whatever happens (RFC 3261 §13.2.2.4)
+            self.ack(target, cseq, b"")  # a 2xx is ACKed whatever happens (RFC 3261 §13.2.2.4)
             self.media_failed(reason)
 
         # The ACK completes a late offer: its SDP answers the offer the other leg made in its 2xx.
@@ -407,6 +425,12 @@ class Call:
     # -- responses to requests this call sent (other than the B leg's INVITE) ---------------------
 
     def on_response(self, leg: Leg, tx: Any, resp: Response) -> None:
+        if self.transfer is not None and tx is self.transfer.invite_tx:
+            self.transfer.on_invite_response(resp)
+            return
+        if tx in self._own:
+            self._on_own_response(leg, tx, resp)
+            return
         if tx in self._byes:
             if resp.status >= 200:
                 self._byes.discard(tx)
@@ -418,7 +442,7 @@ class Call:
         if pair is None:
             # Already relayed its final: a 2xx retransmission to a re-INVITE; repeat our ACK.
             if resp.is_success and tx.request.method == "INVITE":
-                self._resend_ack(leg, resp)
+                self.resend_ack(leg, resp)
             return
         stx, from_leg = pair
         if resp.status == 100:
@@ -433,7 +457,7 @@ class Call:
                 leg.dialog.refresh_target(resp)
             if method == "INVITE" and resp.is_success:
                 if tx.request.body:
-                    self._ack(leg, tx.request.cseq.seq, b"")
+                    self.ack(leg, tx.request.cseq.seq, b"")
                 else:
                     self._ack_wait[from_leg] = (leg, tx.request.cseq.seq)
         headers = self.ctx.policy.response_headers(resp)
@@ -455,8 +479,17 @@ class Call:
             # RFC 3261 §12.2.1.2: the dialog is gone on that side; end the call on both.
             self.hangup(reason=f"{resp.status} to in-dialog {method}")
 
-    def on_timeout(self, leg: Leg, tx: Any) -> None:
+    def on_timeout(self, leg: Leg, tx: Any, transport_error: bool = False) -> None:
         """A request this call sent got no final response (Timer B/F) or hit a transport error."""
+        if self.transfer is not None and tx is self.transfer.invite_tx:
+            self.transfer.on_invite_failed(transport_error)
+            return
+        handler = self._own.pop(tx, None)
+        if handler is not None:
+            if tx.request.method == "INVITE":
+                leg.reinvite_pending = False
+            handler(tx, None)
+            return
         if tx in self._byes:
             self._byes.discard(tx)
             self._maybe_finish()
@@ -485,6 +518,8 @@ class Call:
             self._give_up(self.result or "cancelled")
             return
         self.state = CallState.ENDING
+        if self.transfer is not None:
+            self.transfer.abandon()
         for leg in (self.a, self.b):
             if leg is not from_leg and leg.confirmed:
                 self._send_bye(leg, reason)
@@ -493,18 +528,24 @@ class Call:
         self._maybe_finish()
 
     def _send_bye(self, leg: Leg, reason: str | None = None) -> None:
+        self.release_leg(leg, reason)
+        self.state = CallState.ENDING if self.state is not CallState.CANCELLING else self.state
+
+    def release_leg(self, leg: Leg, reason: str | None = None) -> None:
+        """BYE one leg (the call goes on when it is not one of the two bridged)."""
         assert leg.dialog is not None
         headers = [("Reason", f'SIP;cause=200;text="{reason}"')] if reason else []
         bye = leg.dialog.create_request("BYE", headers)
         leg.dialog.state = DialogState.TERMINATED
         self._byes.add(self.ctx.send_request(leg, bye, leg.destination()))
-        self.state = CallState.ENDING if self.state is not CallState.CANCELLING else self.state
 
     def _maybe_finish(self, force: bool = False) -> None:
         if self.state is CallState.ENDED:
             return
         if self._byes:
             return
+        if self.transfer is not None and not self.transfer.finished:
+            return  # the target's INVITE is still being cancelled
         if not self.b_final and not force:
             return
         if self.state in (CallState.ENDING, CallState.CANCELLING) or force:
@@ -520,6 +561,103 @@ class Call:
             self._media_timer = None
         self.media.delete()
         self.ctx.call_ended(self, self.result or "failed")
+
+    # -- transfers ---------------------------------------------------------------------------------
+
+    def _on_refer(self, leg: Leg, tx: Any, req: Request) -> None:
+        """REFER from one party: refuse it, or carry the transfer out (`transfers.mode = terminate`)."""
+        ctx = self.ctx
+        settings = ctx.transfers
+        refusal: tuple[int, str] | None = None
+        if settings.mode == "reject":
+            refusal = (403, "Forbidden (transfers are disabled)")
+        elif self.state is not CallState.CONFIRMED or not leg.confirmed:
+            refusal = (403, "Forbidden (no transfer before the call is answered)")
+        elif self.transfer is not None:
+            refusal = (491, "Request Pending (a transfer is in progress)")
+        elif not ctx.refer_allowed(leg):
+            refusal = (403, "Forbidden (too many REFERs in this dialog)")
+        if refusal is None:
+            refer = parse_refer(req)
+            if isinstance(refer, ReferError):
+                refusal = (refer.status, refer.reason)
+            elif refer.replaces is not None:
+                refusal = (501, "Not Implemented (attended transfer)")
+            elif getattr(refer.target, "scheme", "sip") == "sips":
+                refusal = (416, "Unsupported URI Scheme (sips: no TLS here)")
+            else:
+                denied = ctx.check_transfer_target(refer.target)
+                hop = ctx.route(refer.target) if denied is None else None
+                if denied is not None:
+                    refusal = (403, f"Forbidden ({denied})")
+                elif hop is None:
+                    refusal = (404, "Not Found (no route to the transfer target)")
+        if refusal is not None:
+            ctx.respond(tx, build_response(req, refusal[0], refusal[1]))
+            ctx.log_event(self, "refer_refused", side=leg.label, status=refusal[0], reason=refusal[1])
+            return
+        assert not isinstance(refer, ReferError) and hop is not None
+        # The subscription outlives the target's ringing (RFC 3515 §2.4.6 lets us choose its expiry).
+        expires = int(max(settings.notify_expires_s, ctx.no_answer_timeout + 30))
+        self.transfer = Transfer(self, leg, refer, hop, expires)
+        ctx.respond(tx, build_response(req, 202, headers=[*refer.accept_headers(),
+                                                          ("Contact", ctx.contact_for(leg.peer))]))
+        self.transfer.start()
+
+    def add_leg(self, leg: Leg) -> None:
+        """A new leg of this call (a transfer target): known to the core until the call ends."""
+        self._extra_legs.append(leg)
+        self.ctx.register_leg(leg)
+
+    def transfer_settled(self, transfer: Transfer) -> None:
+        """A transfer reached its end (success, failure, or abandoned and its INVITE finished)."""
+        if self.transfer is transfer and transfer.finished:
+            self.transfer = None
+            self._maybe_finish()
+
+    def state_is_confirmed(self) -> bool:
+        return self.state is CallState.CONFIRMED
+
+    def swap_leg(self, old: Leg, new: Leg, media: Any) -> Any:
+        """Bridge `new` where `old` was, with `media` as the call's session; returns the old session."""
+        if old is self.a:
+            self.a = new
+        else:
+            self.b = new
+        self._ack_wait.pop(old, None)
+        old_media, self.media = self.media, media
+        self.sdp = SdpPath(media)
+        return old_media
+
+    def send_own(self, leg: Leg, method: str, body: bytes, handler: Any,
+                 headers: list[tuple[str, str]] | None = None) -> Any:
+        """Send a request the call itself originates on `leg`; `handler(tx, response or None)`."""
+        assert leg.dialog is not None
+        extra = list(headers or [])
+        if method == "INVITE":
+            extra.append(("Contact", self.ctx.contact_for(leg.peer)))
+            leg.reinvite_pending = True
+        req = leg.dialog.create_request(method, extra, body)
+        tx = self.ctx.send_request(leg, req, leg.destination())
+        self._own[tx] = handler
+        return tx
+
+    def _on_own_response(self, leg: Leg, tx: Any, resp: Response) -> None:
+        handler = self._own[tx]
+        is_invite = tx.request.method == "INVITE"
+        if resp.status >= 200:
+            if is_invite:
+                leg.reinvite_pending = False
+                if resp.is_success:
+                    if leg.ack is not None and leg.ack_for == (resp.cseq.seq, resp.to_tag or ""):
+                        self.resend_ack(leg, resp)  # a retransmitted 2xx
+                        return
+                    assert leg.dialog is not None
+                    leg.dialog.refresh_target(resp)
+                    self.ack(leg, tx.request.cseq.seq, b"")  # our re-INVITE carried the offer
+            if not (is_invite and resp.is_success):
+                del self._own[tx]
+        handler(tx, resp)
 
     # -- media -------------------------------------------------------------------------------------
 
@@ -574,7 +712,7 @@ class Call:
         self.ctx.respond(self.a.invite_tx, build_response(
             self.a_invite, status, reason, to_tag=self.a.local_tag, headers=headers or [], body=body))
 
-    def _ack(self, leg: Leg, cseq: int, body: bytes, content_type: str | None = None) -> None:
+    def ack(self, leg: Leg, cseq: int, body: bytes, content_type: str | None = None) -> None:
         assert leg.dialog is not None
         headers = [("Content-Type", content_type)] if body and content_type else []
         ack = leg.dialog.create_request("ACK", headers, body, cseq=cseq)
@@ -583,7 +721,7 @@ class Call:
         leg.ack_for = (cseq, leg.dialog.remote_tag or "")
         self.ctx.send_ack(leg, ack, dest)
 
-    def _resend_ack(self, leg: Leg, resp: Response) -> None:
+    def resend_ack(self, leg: Leg, resp: Response) -> None:
         if leg.ack is not None and leg.ack_for == (resp.cseq.seq, resp.to_tag or ""):
             self.ctx.send_ack(leg, *leg.ack)
 
@@ -591,6 +729,11 @@ class Call:
         if self._no_answer_timer is not None:
             self._no_answer_timer.cancel()
             self._no_answer_timer = None
+
+    def all_legs(self) -> list[Leg]:
+        """Every leg this call has registered: the bridged two, the callee's first, a transfer's."""
+        legs = [self.a, self.b, self.first_b, *self._extra_legs]
+        return list({id(leg): leg for leg in legs}.values())
 
     def transactions(self) -> list[Any]:
         return [*self._relays, *self._byes]

@@ -346,6 +346,54 @@ def parse_replaces(value: str) -> Replaces:
     return Replaces(call_id, to_tag, from_tag, find_param(params, "early-only")[0], params)
 
 
+@dataclass(frozen=True, slots=True)
+class TargetDialog:
+    """RFC 4538 Target-Dialog: `call-id;local-tag=..;remote-tag=..`.
+
+    The tags name the dialog as the *recipient* of the request knows it (local-tag is the
+    recipient's own tag), as Replaces does with to-tag/from-tag (RFC 3891 §3): the sender may be a
+    third party that only learnt the dialog's identifiers, so only the recipient's view is common
+    ground. `matches` compares against the recipient's dialog."""
+
+    call_id: str
+    local_tag: str
+    remote_tag: str
+    params: Params = ()
+
+    def __str__(self) -> str:
+        # Received parameter order is kept (as for Replaces); the two tags always reflect the fields.
+        missing = {"local-tag": self.local_tag, "remote-tag": self.remote_tag}
+        out: list[tuple[str, str | None]] = []
+        for k, v in self.params:
+            lk = k.lower()
+            if lk not in ("local-tag", "remote-tag"):
+                out.append((k, v))
+            elif lk in missing:  # a repeated tag parameter is written once
+                out.append((k, missing.pop(lk)))
+        return self.call_id + format_params((*missing.items(), *out))
+
+    def matches(self, call_id: str, our_local_tag: str, our_remote_tag: str | None) -> bool:
+        """True when this names the recipient's dialog (call_id, our_local_tag, our_remote_tag)."""
+        return (self.call_id == call_id and self.local_tag == our_local_tag
+                and self.remote_tag == our_remote_tag)
+
+
+def parse_target_dialog(value: str) -> TargetDialog:
+    """`call-id;local-tag=a;remote-tag=b` (RFC 4538 §7). Both tags are required: without them the
+    header cannot name one dialog."""
+    call_id, _, ptext = value.strip().partition(";")
+    call_id = call_id.strip()
+    try:
+        params = parse_params(ptext)
+    except UriError as exc:
+        raise HeaderError(f"malformed Target-Dialog: {exc}") from None
+    local_tag = find_param(params, "local-tag")[1]
+    remote_tag = find_param(params, "remote-tag")[1]
+    if not call_id or not local_tag or not remote_tag:
+        raise HeaderError(f"Target-Dialog needs call-id, local-tag and remote-tag: {value[:80]!r}")
+    return TargetDialog(call_id, local_tag, remote_tag, params)
+
+
 def parse_token_list(values: list[str]) -> list[str]:
     """Option tags and method lists (Require, Supported, Allow) as lower-case tokens."""
     out: list[str] = []
@@ -355,7 +403,7 @@ def parse_token_list(values: list[str]) -> list[str]:
 
 
 __all__ = [
-    "CSeq", "HeaderError", "LIST_HEADERS", "NameAddr", "Replaces", "Via", "canonical_name",
-    "parse_cseq", "parse_name_addr", "parse_replaces", "parse_token_list", "parse_via",
+    "CSeq", "HeaderError", "LIST_HEADERS", "NameAddr", "Replaces", "TargetDialog", "Via", "canonical_name",
+    "parse_cseq", "parse_name_addr", "parse_replaces", "parse_target_dialog", "parse_token_list", "parse_via",
     "quote_display_name", "split_list",
 ]

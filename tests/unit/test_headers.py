@@ -1,4 +1,4 @@
-"""Header names, structured header values (name-addr, Via, CSeq, Replaces) and splitting."""
+"""Header names, structured header values (name-addr, Via, CSeq, Replaces, Target-Dialog) and splitting."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from b2bua.sip.headers import (
     HeaderError,
     NameAddr,
     Replaces,
+    TargetDialog,
     Via,
     canonical_name,
     parse_cseq,
     parse_name_addr,
     parse_replaces,
+    parse_target_dialog,
     parse_token_list,
     parse_via,
     quote_display_name,
@@ -219,6 +221,39 @@ def test_replaces_constructed() -> None:
 def test_replaces_errors(text: str) -> None:
     with pytest.raises(HeaderError):
         parse_replaces(text)
+
+
+# -- Target-Dialog (RFC 4538) ---------------------------------------------------------------------
+
+
+def test_target_dialog_parse_serialize() -> None:
+    td = parse_target_dialog("090459243588173445@pc.example;local-tag=7553452;remote-tag=31431")
+    assert (td.call_id, td.local_tag, td.remote_tag) == ("090459243588173445@pc.example", "7553452", "31431")
+    assert str(td) == "090459243588173445@pc.example;local-tag=7553452;remote-tag=31431"
+
+
+def test_target_dialog_keeps_order_and_other_params() -> None:
+    text = "c@h;x-a=1;Remote-Tag=r;local-tag=l;flag"
+    td = parse_target_dialog(text)
+    assert td.remote_tag == "r" and td.local_tag == "l"
+    assert str(td) == text
+    assert str(replace(td, local_tag="l2")) == "c@h;x-a=1;Remote-Tag=r;local-tag=l2;flag"
+    assert str(TargetDialog("c@h", "l", "r")) == "c@h;local-tag=l;remote-tag=r"
+
+
+def test_target_dialog_matches_the_recipients_view() -> None:
+    td = TargetDialog("c@h", "mine", "theirs")
+    assert td.matches("c@h", "mine", "theirs")
+    assert not td.matches("c@h", "theirs", "mine")
+    assert not td.matches("d@h", "mine", "theirs")
+    assert not td.matches("c@h", "mine", None)
+
+
+@pytest.mark.parametrize("text", ["", "c@h", "c@h;local-tag=l", "c@h;remote-tag=r", ";local-tag=l;remote-tag=r",
+                                  "c@h;local-tag=;remote-tag=r", "c@h;=x;local-tag=l;remote-tag=r"])
+def test_target_dialog_errors(text: str) -> None:
+    with pytest.raises(HeaderError):
+        parse_target_dialog(text)
 
 
 def test_token_list() -> None:
