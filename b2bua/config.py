@@ -20,6 +20,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rtp_relay.config import check_ip, check_port_range
+
 from .call.transfer_policy import TransferSettings
 from .sip.address import Address
 from .sip.uri import SipUri, UriError, parse_uri, split_hostport
@@ -149,26 +151,16 @@ class EmbeddedRelaySettings(_Section):
     ports: str = Field("30000-39999", description="RTP/RTCP port range LOW-HIGH")
     hold_timeout_s: float = Field(3600.0, ge=0, description="media timeout for streams on hold; 0: never")
 
+    # The same checks as the relay's own flags: a setting the daemon accepts never makes the child exit.
     @field_validator("address", "advertised_address")
     @classmethod
     def _ip(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                ipaddress.ip_address(v)
-            except ValueError:
-                raise ValueError(f"{v!r} is not an IP address") from None
-        return v
+        return check_ip(v)
 
     @field_validator("ports")
     @classmethod
     def _range(cls, v: str) -> str:
-        low, sep, high = v.partition("-")
-        if not sep or not low.strip().isdigit() or not high.strip().isdigit():
-            raise ValueError("expected LOW-HIGH, e.g. 30000-39999")
-        lo, hi = int(low), int(high)
-        if not 1024 <= lo < hi <= 65535 or hi - lo < 3:
-            raise ValueError("need 1024 <= LOW < HIGH <= 65535 with room for at least two port pairs")
-        return v
+        return check_port_range(v)
 
     @model_validator(mode="after")
     def _advertise(self) -> EmbeddedRelaySettings:

@@ -41,6 +41,31 @@ def parse_hostport(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def check_ip(value: str | None) -> str | None:
+    """An IP literal (or None); the B2BUA validates its embedded relay's settings with this too."""
+    if value is None:
+        return None
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+    return value
+
+
+def check_port_range(value: str) -> str:
+    """`LOW-HIGH` within 1024-65535 holding at least one even/odd RTP/RTCP pair."""
+    low_text, dash, high_text = value.partition("-")
+    if not dash or not low_text.strip().isdigit() or not high_text.strip().isdigit():
+        raise ValueError(f"expected LOW-HIGH, got {value!r}")
+    low, high = int(low_text), int(high_text)
+    if not 1024 <= low <= high <= 65535:
+        raise ValueError(f"range {low}-{high} must lie within 1024-65535, low first")
+    even_low = low + (low % 2)
+    if even_low + 1 > high:
+        raise ValueError(f"range {low}-{high} holds no even/odd pair")
+    return value
+
+
 class RelaySettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -66,27 +91,12 @@ class RelaySettings(BaseModel):
     @field_validator("address", "advertised_address")
     @classmethod
     def _ip(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not an IP address") from None
-        return value
+        return check_ip(value)
 
     @field_validator("ports")
     @classmethod
     def _ports(cls, value: str) -> str:
-        low_text, dash, high_text = value.partition("-")
-        if not dash or not low_text.strip().isdigit() or not high_text.strip().isdigit():
-            raise ValueError(f"expected LOW-HIGH, got {value!r}")
-        low, high = int(low_text), int(high_text)
-        if not 1024 <= low <= high <= 65535:
-            raise ValueError(f"range {low}-{high} must lie within 1024-65535, low first")
-        even_low = low + (low % 2)
-        if even_low + 1 > high:
-            raise ValueError(f"range {low}-{high} holds no even/odd pair")
-        return value
+        return check_port_range(value)
 
     @model_validator(mode="after")
     def _control_source(self) -> RelaySettings:
