@@ -14,6 +14,7 @@ checks the port allocator for leaks, closes the sockets and returns 0.
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
 import socket
 import time
@@ -108,7 +109,8 @@ class RelayDaemon:
     async def run(self) -> int:
         s = self.settings
         loop = asyncio.get_running_loop()
-        allocator = PortAllocator(*s.port_range)
+        low, high = s.port_range
+        allocator = PortAllocator(low, high, start_at=random.randrange(low, high + 1))
         opener = SocketOpener(loop, s.address)
         relay = Relay(RelayConfig(s.sdp_address, s.media_timeout, s.hold_timeout, s.timeout_delete),
                       allocator, opener)

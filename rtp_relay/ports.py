@@ -7,7 +7,9 @@ finished call rarely reach a new one. `in_use` is a set, which makes a double fr
 of a foreign port an error instead of silent corruption, and `check()` proves that free + used is
 exactly the range (the leak check the tests and the shutdown path run). When the OS refuses to
 bind a pair (another process holds it), the caller hands it back with `release(p, quarantine=True)`
-and it waits at the back of the queue like any other.
+and it waits at the back of the queue like any other. The daemon starts the queue at a random
+pair (`start_at`): two relays sharing a range, or a restarted relay whose old ports another process
+took meanwhile, do not all collide on the bottom of the range.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ class PortsExhausted(Exception):
 
 
 class PortAllocator:
-    def __init__(self, low: int, high: int) -> None:
+    def __init__(self, low: int, high: int, *, start_at: int | None = None) -> None:
         if low % 2:
             low += 1  # the first RTP port must be even
         if not (low >= 1 and high <= 65535 and low + 1 <= high):
@@ -28,6 +30,8 @@ class PortAllocator:
         self.low = low
         self.high = high
         self._free: deque[int] = deque(range(low, high, 2))
+        if start_at is not None:
+            self._free.rotate(-(((start_at - low) // 2) % len(self._free)))
         self._in_use: set[int] = set()
         self.capacity = len(self._free)  # in pairs
         self.bind_failures = 0

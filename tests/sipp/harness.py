@@ -9,6 +9,8 @@ in count and time.
 * ``Metrics``: a parsed Prometheus text exposition.
 * ``run_sipp_pair``: a UAS scenario and a UAC scenario run through pysipp,
   server first (and only once its socket is bound), then client.
+* ``run_sipp_trio``: the same with a third agent, a UAS standing by on a port
+  of its own (the target of a transfer, reached through a routing rule).
 * ``RawSip``: a tiny raw-socket SIP client for OPTIONS / malformed input tests.
 
 Set ``B2BUA_SIPP_DIRECT=1`` to run the call-flow tests UAC -> UAS directly,
@@ -683,6 +685,162 @@ def run_sipp_pair(
                 + "\n"
                 + result.describe()
                 + ("" if daemon.direct else "\n" + daemon.output_tail(3000))
+            )
+    return result
+
+
+# --------------------------------------------------------------------------
+# three SIPp agents: a call that a transfer moves to a third party
+
+
+@dataclasses.dataclass
+class TrioResult:
+    target: AgentResult  # the transfer target's UAS (reached through a routing rule)
+    uas: AgentResult  # the callee's UAS (the daemon's next hop)
+    uac: AgentResult  # the caller's UAC
+
+    @property
+    def agents(self) -> tuple[AgentResult, AgentResult, AgentResult]:
+        return (self.uac, self.uas, self.target)
+
+    def describe(self) -> str:
+        return "\n".join(r.describe() for r in self.agents)
+
+
+def agent_problems(result: AgentResult, calls: int) -> list[str]:
+    """What is wrong with one agent's run, given the number of calls it should have completed.
+
+    ``calls=0`` means the agent must have been left alone: nothing received, no call at all."""
+    problems = []
+    if result.returncode != 0:
+        problems.append(f"{result.role} exit code {result.returncode}")
+    ok, failed = result.stat("Successful call"), result.stat("Failed call")
+    if ok is None or failed is None:
+        problems.append(f"{result.role} left no final statistics screen")
+    if failed:
+        problems.append(f"{result.role} failed calls: {failed}")
+    if ok is not None and ok != calls:
+        problems.append(f"{result.role} successful calls: {ok}/{calls}")
+    if calls == 0:
+        try:
+            received = [t.first_line for t in traced_messages(result.message_file) if t.direction == "received"]
+        except FileNotFoundError:
+            received = []
+        if received:
+            problems.append(f"{result.role} should have received nothing, got: {received}")
+    return problems
+
+
+def run_sipp_trio(
+    daemon: Daemon,
+    target: str,
+    uas: str,
+    uac: str,
+    workdir: Path,
+    *,
+    target_port: int,
+    target_calls: int = 1,
+    transport: str = "u1",
+    rate: float = 10,
+    pause_ms: int = 200,
+    timeout_s: int = 20,
+    recv_timeout_ms: int = 5000,
+    target_opts: Mapping | None = None,
+    uas_opts: Mapping | None = None,
+    uac_opts: Mapping | None = None,
+    check: bool = True,
+) -> TrioResult:
+    """One call through the daemon with a third agent standing by: ``target``, a UAS on ``target_port``.
+
+    The daemon must route the target's user to ``127.0.0.1:target_port`` (a ``routing.rules`` entry of
+    its config file, chosen before it starts). The two UAS are started first, each only once its
+    socket is bound, then the UAC; every agent runs one call (``target_calls=0``: the target must
+    receive nothing and is stopped once the others are done). All three are killed after
+    ``timeout_s`` + 5 seconds at the latest. Files go to ``workdir/{target,uas,uac}``. With ``check`` a
+    failure of any agent raises ``SippFailure`` carrying the three SIPp outputs and the daemon's log.
+    ``*_opts`` are extra pysipp options per agent, overriding the common ones (e.g. ``pause_duration``).
+    """
+    if daemon.direct:
+        raise ValueError("a transfer needs the daemon: run_sipp_trio has no direct mode")
+    workdir = Path(workdir)
+    proto = "tcp" if transport.startswith("t") else "udp"
+    common = dict(
+        call_count=1,
+        limit=1,
+        recv_timeout=recv_timeout_ms,
+        timeout=f"{timeout_s}s",
+        pause_duration=pause_ms,
+        rate=rate,
+        transport=transport,
+    )
+
+    def agent(role: str, scen: str, port: int, opts: Mapping | None, **more):
+        where = workdir / role
+        where.mkdir(parents=True, exist_ok=True)
+        kwargs = {**common, **more, "local_port": port, "media_port": free_port_block(), **(opts or {})}
+        return _make_agent("uac" if role == "uac" else "uas", scen, where, **kwargs)
+
+    specs = [
+        ("target", *agent("target", target, target_port, target_opts)),
+        ("uas", *agent("uas", uas, daemon.next_hop_port, uas_opts)),
+    ]
+    uac_agent, uac_files = agent("uac", uac, free_port(), uac_opts, destaddr=(LOOPBACK, daemon.sip_port))
+
+    wall = timeout_s + 5
+    deadline = time.monotonic() + wall
+    runners: list = []
+    results: dict[str, AgentResult] = {}
+    try:
+        servers = []
+        for role, server, files in specs:
+            runner = _launch(server, wall)
+            runners.append(runner)
+            servers.append((role, runner, files))
+            (proc,) = runner._procs.values()
+            port = target_port if role == "target" else daemon.next_hop_port
+            try:
+                wait_port_bound(port, proto, timeout=5, alive=lambda p=proc: p.poll() is None)
+            except Exception:
+                failed = _collect(role, runner, files, timeout=1)
+                raise SippFailure(f"{role} did not start listening\n" + failed.describe()) from None
+
+        uac_runner = _launch(uac_agent, wall)
+        runners.append(uac_runner)
+        results["uac"] = _collect("uac", uac_runner, uac_files, timeout=wall)
+        uac_ok = results["uac"].returncode == 0
+        for role, runner, files in servers:
+            if role == "target" and target_calls == 0:
+                runner.stop()  # SIGUSR1: SIPp's soft quit; with no call it exits at once
+                results[role] = _collect(role, runner, files, timeout=5)
+                continue
+            # A UAS finishes on its own after its call (maybe after the UAC, e.g. a transferee
+            # that hangs up last); give it the time left, then stop it.
+            left = min(10.0, max(1.0, deadline - time.monotonic())) if uac_ok else 1.0
+            results[role] = _collect(role, runner, files, timeout=left)
+    finally:
+        # whatever happened (including the per-test alarm), leave no SIPp running
+        for runner in runners:
+            for proc in runner._procs.values():
+                if proc.poll() is None:
+                    proc.kill()
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=5)
+
+    result = TrioResult(target=results["target"], uas=results["uas"], uac=results["uac"])
+    if check:
+        problems = [
+            *agent_problems(result.uac, 1),
+            *agent_problems(result.uas, 1),
+            *agent_problems(result.target, target_calls),
+        ]
+        if problems:
+            raise SippFailure(
+                "SIPp reported failure: "
+                + "; ".join(problems)
+                + "\n"
+                + result.describe()
+                + "\n"
+                + daemon.output_tail(3000)
             )
     return result
 

@@ -56,3 +56,9 @@ def test_many_cycles_keep_the_partition() -> None:
         a.release(p)
     assert a.ports_in_use == 0
     a.check()
+
+
+def test_start_at_rotates_the_queue_and_keeps_the_whole_range():
+    ports = PortAllocator(30000, 30009, start_at=30005)  # odd: the pair 30004/30005
+    assert [ports.allocate() for _ in range(5)] == [30004, 30006, 30008, 30000, 30002]
+    ports.check()

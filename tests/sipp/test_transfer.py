@@ -1,0 +1,315 @@
+"""Blind transfers carried out by the B2BUA (REFER, ``transfers.mode = terminate``), end to end.
+
+Three SIPp agents per test (``harness.run_sipp_trio``): the caller (UAC, A leg), the callee (UAS,
+the daemon's next hop) and the transfer target "carol", a UAS on a port of its own that the
+daemon reaches through a ``routing.rules`` entry of its config file. Each party's scenario checks
+what it receives (the sipfrag bodies and Event/Subscription-State of the NOTIFYs, the Referred-By
+at the target, the SDP of the re-INVITE); the tests add what one scenario cannot see (who the
+target sees calling, which relay ports the SDP names, the o= line of the transferee's session) and
+the daemon's counters. The ``start_daemon`` teardown checks that no exception escaped and no call
+is left over.
+
+Each daemon here gets its embedded relay's ports from a block of RELAY_BLOCK ports found free on
+loopback at its start (``free_port_block``), not the harness's fixed 20000-29999: a media benchmark
+on the same machine may hold that whole range, and relays sharing a range collide, since each
+allocates from the bottom of its range and gives up after 8 pairs it cannot bind (the symptom:
+"503 Service Unavailable (media relay unavailable)" to the first INVITE).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .harness import (
+    Daemon,
+    Metrics,
+    TracedMessage,
+    TrioResult,
+    free_port,
+    free_port_block,
+    run_sipp_trio,
+    traced_messages,
+)
+
+pytestmark = pytest.mark.sipp
+
+RELAY_BLOCK = 64  # a transfer needs 3 port pairs per side at most; room for retries
+
+
+@dataclasses.dataclass
+class TransferRig:
+    daemon: Daemon
+    target_port: int
+    workdir: Path
+    relay_ports: range
+
+    def run(self, target: str, uas: str, uac: str, **kwargs) -> TrioResult:
+        return run_sipp_trio(self.daemon, target, uas, uac, self.workdir, target_port=self.target_port, **kwargs)
+
+    def assert_on_relay(self, msg: TracedMessage) -> None:
+        """The SDP of `msg` names one of this daemon's relay ports (the media is anchored)."""
+        port = int(sdp_line(msg, "m").split()[1])
+        assert port in self.relay_ports, f"media not on a relay port ({self.relay_ports}):\n{msg.text}"
+        assert sdp_line(msg, "c") == "IN IP4 127.0.0.1", msg.text
+
+    def events(self) -> list[dict]:
+        """The daemon's JSON log lines (structlog, one object per line on stdout)."""
+        out = []
+        for line in self.daemon.stdout_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    out.append(json.loads(line))
+        return out
+
+    def event_names(self) -> list[str]:
+        return [e.get("event", "") for e in self.events()]
+
+
+@pytest.fixture
+def rig(start_daemon, tmp_path: Path, needs_daemon) -> Callable[..., TransferRig]:
+    """``rig(transfers="...toml lines...")``: a daemon routing "carol" and "900..." to a target port."""
+
+    def make(transfers: str = "") -> TransferRig:
+        target_port = free_port()
+        hop = f"127.0.0.1:{target_port}"
+        config = tmp_path / "b2bua.toml"
+        config.write_text(
+            "[routing]\n"
+            f'rules = [{{user_prefix = "carol", next_hop = "{hop}"}}, {{user_prefix = "900", next_hop = "{hop}"}}]\n'
+            + (f"\n[transfers]\n{transfers}\n" if transfers else "")
+        )
+        low = free_port_block(RELAY_BLOCK)
+        relay_ports = range(low, low + RELAY_BLOCK)
+        env = {"B2BUA_MEDIA__EMBEDDED__PORTS": f"{relay_ports[0]}-{relay_ports[-1]}"}
+        daemon = start_daemon(config_file=config, env=env)
+        return TransferRig(daemon, target_port, tmp_path / "sipp", relay_ports)
+
+    return make
+
+
+# -- reading the traces -----------------------------------------------------------------------------
+
+
+def received(message_file: Path, what: str) -> list[TracedMessage]:
+    """Messages an agent received whose method (or ``"SIP/2.0 <code>"`` status) is ``what``,
+    without retransmissions (the same first line, Via and CSeq again)."""
+    out, seen = [], set()
+    for t in traced_messages(message_file):
+        if t.direction != "received":
+            continue
+        if t.method == what or (t.method is None and t.first_line.startswith(what)):
+            key = (t.first_line, t.header("Via"), t.header("CSeq"))
+            if key not in seen:
+                seen.add(key)
+                out.append(t)
+    return out
+
+
+def sdp_line(msg: TracedMessage, kind: str) -> str:
+    m = re.search(rf"(?m)^{kind}=(.*?)\s*$", msg.text)
+    assert m, f"no {kind}= line in\n{msg.text}"
+    return m.group(1)
+
+
+def origin(msg: TracedMessage) -> tuple[str, int]:
+    """(session id, version) of an SDP o= line."""
+    fields = sdp_line(msg, "o").split()
+    return fields[1], int(fields[2])
+
+
+def local_port(cmd: str) -> int:
+    m = re.search(r"-p '(\d+)'", cmd)
+    assert m, cmd
+    return int(m.group(1))
+
+
+def assert_one_answered_call(m: Metrics) -> None:
+    assert m.get("b2bua_calls_total", result="answered") == 1, m
+    assert m.get("b2bua_calls_total") == 1, m  # the transfer is the same call, not a second one
+    assert m.get("b2bua_active_calls") == 0, m
+    assert m.get("b2bua_media_sessions") == 0, m
+
+
+# -- the flows ----------------------------------------------------------------------------------------
+
+
+def test_blind_transfer_by_the_callee(rig):
+    """The callee REFERs the caller to carol: carol is called as the caller, then bridged to it."""
+    r = rig()
+    result = r.run("uas_transfer_target.xml", "uas_transfer_transferor.xml", "uac_transfer_transferee.xml")
+    callee_port = local_port(result.uas.cmd)
+
+    [t_inv] = received(result.target.message_file, "INVITE")
+    assert t_inv.first_line.startswith(f"INVITE sip:carol@127.0.0.1:{r.target_port} "), t_inv.text
+    assert "sip:caller@" in (t_inv.header("From") or ""), t_inv.text  # the target sees the transferee
+    assert t_inv.header("Referred-By") == f"<sip:callee@127.0.0.1:{callee_port}>", t_inv.text
+    assert "a=x-party:caller" in t_inv.text
+    r.assert_on_relay(t_inv)
+    assert len(received(result.target.message_file, "BYE")) == 1  # the caller's hangup
+
+    [bye] = received(result.uas.message_file, "BYE")
+    assert 'text="call transferred"' in (bye.header("Reason") or ""), bye.text
+    assert len(received(result.uas.message_file, "NOTIFY")) == 3
+
+    # The caller's session goes on under its own o= line, one version up (RFC 3264 §8).
+    answer = received(result.uac.message_file, "SIP/2.0 200")[0]  # to the INVITE
+    [reinvite] = received(result.uac.message_file, "INVITE")
+    assert "a=x-party:target" in reinvite.text
+    r.assert_on_relay(reinvite)
+    assert origin(reinvite)[0] == origin(answer)[0], (reinvite.text, answer.text)
+    assert origin(reinvite)[1] > origin(answer)[1], (reinvite.text, answer.text)
+
+    m = r.daemon.settled()
+    assert_one_answered_call(m)
+    assert m.get("b2bua_sip_requests_total", method="REFER", direction="in") == 1, m
+    assert m.get("b2bua_sip_responses_total", code="202", direction="out") == 1, m
+    assert m.get("b2bua_sip_requests_total", method="NOTIFY", direction="out") == 3, m
+    # the B leg, the target, the re-INVITE of the caller
+    assert m.get("b2bua_sip_requests_total", method="INVITE", direction="out") == 3, m
+    # the transferor released, the caller's BYE passed to the target
+    assert m.relayed("BYE") == (1, 2), m
+    events = r.event_names()
+    assert "transfer_completed" in events and "transfer_failed" not in events, events
+
+
+def test_blind_transfer_by_the_caller(rig):
+    """The caller REFERs the callee to carol: the callee becomes the transferee."""
+    r = rig()
+    result = r.run("uas_transfer_target.xml", "uas_transfer_transferee.xml", "uac_transfer_transferor.xml")
+    caller_port = local_port(result.uac.cmd)
+
+    [t_inv] = received(result.target.message_file, "INVITE")
+    assert t_inv.first_line.startswith(f"INVITE sip:carol@127.0.0.1:{r.target_port} "), t_inv.text
+    assert "sip:caller@" not in (t_inv.header("From") or ""), t_inv.text  # the transferee is the callee
+    assert t_inv.header("Referred-By") == f"<sip:caller@127.0.0.1:{caller_port}>", t_inv.text
+    assert "a=x-party:callee" in t_inv.text
+    r.assert_on_relay(t_inv)
+    assert len(received(result.target.message_file, "BYE")) == 1  # the callee's hangup
+
+    [bye] = received(result.uac.message_file, "BYE")
+    assert 'text="call transferred"' in (bye.header("Reason") or ""), bye.text
+
+    # The callee's session (the B leg's o= line) goes on, one version up.
+    [offer, reinvite] = received(result.uas.message_file, "INVITE")
+    assert "a=x-party:target" in reinvite.text
+    r.assert_on_relay(reinvite)
+    assert origin(reinvite)[0] == origin(offer)[0], (reinvite.text, offer.text)
+    assert origin(reinvite)[1] > origin(offer)[1], (reinvite.text, offer.text)
+
+    m = r.daemon.settled()
+    assert_one_answered_call(m)
+    assert m.get("b2bua_sip_requests_total", method="REFER", direction="in") == 1, m
+    assert m.get("b2bua_sip_requests_total", method="NOTIFY", direction="out") == 3, m
+    assert m.get("b2bua_sip_requests_total", method="INVITE", direction="out") == 3, m
+    assert m.relayed("BYE") == (1, 2), m
+    assert "transfer_completed" in r.event_names()
+
+
+def test_target_busy_leaves_the_call_as_it_was(rig):
+    """carol answers 486: the transferor hears it in the final NOTIFY and keeps the caller."""
+    r = rig()
+    result = r.run("uas_transfer_target_busy.xml", "uas_transfer_transferor_busy.xml", "uac_transfer_stays.xml")
+
+    assert len(received(result.target.message_file, "INVITE")) == 1
+    assert len(received(result.target.message_file, "ACK")) == 1
+    frags = [n.text.rsplit("\n", 1)[-1].strip() for n in received(result.uas.message_file, "NOTIFY")]
+    assert frags == ["SIP/2.0 100 Trying", "SIP/2.0 180 Ringing", "SIP/2.0 486 Busy Here"], frags
+    # No re-INVITE anywhere, no BYE to the transferor: the callee's own BYE reached the caller.
+    assert len(received(result.uac.message_file, "INVITE")) == 0
+    assert len(received(result.uas.message_file, "INVITE")) == 1
+    assert len(received(result.uas.message_file, "BYE")) == 0
+
+    m = r.daemon.settled()
+    assert_one_answered_call(m)
+    assert m.get("b2bua_sip_requests_total", method="NOTIFY", direction="out") == 3, m
+    assert m.get("b2bua_sip_requests_total", method="INVITE", direction="out") == 2, m  # B leg + target
+    assert m.get("b2bua_sip_responses_total", code="486", direction="in") >= 1, m
+    assert m.relayed("BYE") == (1, 1), m
+    events = r.event_names()
+    assert "transfer_failed" in events and "transfer_completed" not in events, events
+
+
+def test_transferor_hangs_up_right_after_the_202(rig):
+    """The callee sends BYE as soon as it has the 202: the transfer goes on and completes.
+
+    The target waits 1 s before ringing, so the BYE certainly reaches the daemon while the target
+    is being called (else the daemon would already have sent the 180 NOTIFY, or its own BYE)."""
+    r = rig()
+    result = r.run(
+        "uas_transfer_target.xml",
+        "uas_transfer_transferor_leaves.xml",
+        "uac_transfer_transferee.xml",
+        target_opts={"pause_duration": 1000},
+    )
+
+    # The transferor heard only the 202, the first NOTIFY and the 200 to its BYE.
+    heard = [
+        t.first_line.split(" sip:")[0] for t in traced_messages(result.uas.message_file) if t.direction == "received"
+    ]
+    assert "SIP/2.0 202 Accepted" in heard, heard
+    assert heard[heard.index("SIP/2.0 202 Accepted") :] == ["SIP/2.0 202 Accepted", "NOTIFY", "SIP/2.0 200 OK"], heard
+
+    [t_inv] = received(result.target.message_file, "INVITE")
+    assert "sip:caller@" in (t_inv.header("From") or ""), t_inv.text
+    [reinvite] = received(result.uac.message_file, "INVITE")
+    r.assert_on_relay(reinvite)
+    assert len(received(result.target.message_file, "BYE")) == 1
+
+    m = r.daemon.settled()
+    assert_one_answered_call(m)
+    assert m.get("b2bua_sip_requests_total", method="NOTIFY", direction="out") == 1, m
+    assert m.get("b2bua_sip_requests_total", method="INVITE", direction="out") == 3, m
+    # BYE in from the transferor and from the caller; out only to the target
+    assert m.relayed("BYE") == (2, 1), m
+    assert "transfer_completed" in r.event_names()
+
+
+@pytest.mark.parametrize(
+    "transfers",
+    ['deny = [{user = "900*"}]', 'mode = "reject"'],
+    ids=["denied-target", "transfers-off"],
+)
+def test_refused_refer_reaches_nobody(rig, transfers):
+    """A REFER the policy refuses gets 403; the target agent (routed, ready) receives nothing."""
+    r = rig(transfers)
+    result = r.run("uas_transfer_target.xml", "uas_transfer_denied.xml", "uac_transfer_stays.xml", target_calls=0)
+
+    assert not received(result.target.message_file, "INVITE")
+    m = r.daemon.settled()
+    assert_one_answered_call(m)
+    assert m.get("b2bua_sip_requests_total", method="REFER", direction="in") == 1, m
+    assert m.get("b2bua_sip_responses_total", code="403", direction="out") == 1, m
+    assert m.get("b2bua_sip_requests_total", method="INVITE", direction="out") == 1, m  # the B leg only
+    assert m.get("b2bua_sip_requests_total", method="NOTIFY", direction="out") == 0, m
+    assert m.relayed("BYE") == (1, 1), m
+    events = r.event_names()
+    assert "refer_refused" in events and "transfer_started" not in events, events
+
+
+def test_target_busy_after_the_transferor_left_ends_the_call(rig):
+    """The transferor has hung up and the target is busy: nobody is left for the transferee,
+    whom the daemon hangs up (RFC 5589 §6.2 would return it to the transferor, who is gone)."""
+    r = rig()
+    result = r.run(
+        "uas_transfer_target_busy.xml",
+        "uas_transfer_transferor_leaves.xml",
+        "uac_transfer_stays.xml",
+        target_opts={"pause_duration": 1000},
+    )
+
+    [bye] = received(result.uac.message_file, "BYE")
+    assert "transferor has left" in (bye.header("Reason") or ""), bye.text
+    m = r.daemon.settled()
+    assert_one_answered_call(m)
+    assert m.get("b2bua_sip_requests_total", method="NOTIFY", direction="out") == 1, m
+    assert m.get("b2bua_sip_requests_total", method="INVITE", direction="out") == 2, m  # no re-INVITE
+    assert m.relayed("BYE") == (1, 1), m  # the transferor's in, ours to the caller
+    events = r.event_names()
+    assert "transfer_failed" in events and "transfer_completed" not in events, events
