@@ -114,6 +114,8 @@ class Call:
         self.media = ctx.new_media(self, self.b.call_id)
         self.sdp = SdpPath(self.media)
         self._media_timer: Any = None
+        self._media_packets: int | None = None  # the relay's packet total at the last query
+        self._media_quiet_since = 0.0  # when that total last moved (or the call was answered/held)
         self.transfer: Transfer | None = None
         self._own: dict[Any, Any] = {}  # requests the call originates itself -> handler(tx, response)
         self._extra_legs: list[Leg] = []  # legs transfers added (registered with the core until the end)
@@ -260,7 +262,7 @@ class Call:
             self.ctx.respond(self.a.invite_tx, build_response(
                 self.a_invite, resp.status, resp.reason, to_tag=self.a.local_tag, headers=headers, body=body))
             self.ctx.log_event(self, "call_answered")
-            self._watch_media()
+            self._watch_media(answered=True)
 
         self.sdp.carry(self._b_sdp_kind(), self.first_b, self.a, resp, answer_caller, self._media_failed_on_answer)
 
@@ -679,8 +681,10 @@ class Call:
     def on_hold(self) -> bool:
         return self.a.sdp.peer_held or self.b.sdp.peer_held
 
-    def _watch_media(self) -> None:
+    def _watch_media(self, answered: bool = False) -> None:
         if self.media.active and self.ctx.media_timeout > 0:
+            if answered:
+                self._media_quiet_since = self.ctx.now()
             self._media_timer = self.ctx.call_later(self.ctx.media_check_interval, self._check_media)
 
     def _check_media(self) -> None:
@@ -688,15 +692,28 @@ class Call:
         if self.state is not CallState.CONFIRMED:
             return
         self._watch_media()
-        if not self.on_hold:  # RFC 3264 hold: silence is expected, the timeout is off
+        if self.on_hold:  # RFC 3264 hold: silence is expected, the timeout is off
+            self._media_quiet_since = self.ctx.now()
+        else:
             self.media.query(self._media_checked)
 
     def _media_checked(self, reply: dict[str, Any] | None, error: str | None) -> None:
+        """Judge the relay's answer to `query`: the call's media stopped, or the relay lost it."""
         if self.state is not CallState.CONFIRMED or self.on_hold:
             return
-        # Our relay flags a timed-out call; rtpengine deletes it after its own timeout.
-        gone = error is not None and "unknown call-id" in error.lower()
-        if gone or (reply is not None and str(reply.get("timed out", "0")) == "1"):
+        now = self.ctx.now()
+        # rtpengine deletes a silent call after its own timeout; our relay flags it.
+        timed_out = error is not None and "unknown call-id" in error.lower()
+        if reply is not None and error is None:
+            timed_out = str(reply.get("timed out", "0")) == "1"
+            # Our own judgement, the same with any relay: the packet totals stood still that long.
+            packets = _packets(reply)
+            if packets is not None and packets != self._media_packets:
+                self._media_packets = packets
+                self._media_quiet_since = now
+            elif packets is not None and now - self._media_quiet_since >= self.ctx.media_timeout:
+                timed_out = True
+        if timed_out:
             self.ctx.media_event(self, "timeout", "no media")
             self.hangup(reason="media timeout")
 
@@ -742,3 +759,16 @@ class Call:
 def _quote(text: str) -> str:
     """Text safe inside a quoted-string of a Warning header."""
     return "".join(c for c in text if c.isprintable() and c not in '"\\')[:100]
+
+
+def _packets(reply: dict[str, Any]) -> int | None:
+    """RTP + RTCP packets the relay saw for the call (`totals` in rtpengine's query reply)."""
+    totals = reply.get("totals")
+    if not isinstance(totals, dict):
+        return None
+    count = 0
+    for kind in ("RTP", "RTCP"):
+        part = totals.get(kind)
+        if isinstance(part, dict) and isinstance(part.get("packets"), int):
+            count += part["packets"]
+    return count

@@ -79,6 +79,9 @@ def free_port() -> int:
     raise RuntimeError("could not find a free loopback port")
 
 
+RELAY_BLOCK = 64  # media ports of a test daemon's embedded relay: 16 calls with one stream
+
+
 def free_port_block(size: int = 4) -> int:
     """First port of ``size`` consecutive UDP ports free on 127.0.0.1 (for SIPp media)."""
     for _ in range(200):
@@ -212,6 +215,8 @@ class Daemon:
         self.listen_port = free_port()
         self.http_port = free_port()
         self.extra_env = dict(env or {})
+        low = free_port_block(RELAY_BLOCK)
+        self.relay_ports = range(low, low + RELAY_BLOCK)  # the embedded relay's media ports
         self.config_file = config_file
         self.proc: subprocess.Popen | None = None
         self.stdout_path = self.workdir / "b2bua.stdout.log"
@@ -249,9 +254,9 @@ class Daemon:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env["B2BUA_SHUTDOWN__DRAIN_TIMEOUT_S"] = "2"
-        # The embedded relay's ports stay below the kernel's ephemeral range, where free_port_block
-        # finds SIPp's media ports: the two never race for a port.
-        env["B2BUA_MEDIA__EMBEDDED__PORTS"] = "20000-29999"
+        # The embedded relay gets a block of ports found free on loopback now (not a fixed range,
+        # which a media benchmark or another relay on this machine may hold).
+        env["B2BUA_MEDIA__EMBEDDED__PORTS"] = f"{self.relay_ports[0]}-{self.relay_ports[-1]}"
         env.update(self.extra_env)
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(

@@ -9,11 +9,8 @@ target sees calling, which relay ports the SDP names, the o= line of the transfe
 the daemon's counters. The ``start_daemon`` teardown checks that no exception escaped and no call
 is left over.
 
-Each daemon here gets its embedded relay's ports from a block of RELAY_BLOCK ports found free on
-loopback at its start (``free_port_block``), not the harness's fixed 20000-29999: a media benchmark
-on the same machine may hold that whole range, and relays sharing a range collide, since each
-allocates from the bottom of its range and gives up after 8 pairs it cannot bind (the symptom:
-"503 Service Unavailable (media relay unavailable)" to the first INVITE).
+Each daemon's embedded relay uses the block of ports the harness found free for it
+(``daemon.relay_ports``).
 """
 
 from __future__ import annotations
@@ -33,14 +30,12 @@ from .harness import (
     TracedMessage,
     TrioResult,
     free_port,
-    free_port_block,
     run_sipp_trio,
     traced_messages,
 )
 
 pytestmark = pytest.mark.sipp
 
-RELAY_BLOCK = 64  # a transfer needs 3 port pairs per side at most; room for retries
 
 
 @dataclasses.dataclass
@@ -85,11 +80,8 @@ def rig(start_daemon, tmp_path: Path, needs_daemon) -> Callable[..., TransferRig
             f'rules = [{{user_prefix = "carol", next_hop = "{hop}"}}, {{user_prefix = "900", next_hop = "{hop}"}}]\n'
             + (f"\n[transfers]\n{transfers}\n" if transfers else "")
         )
-        low = free_port_block(RELAY_BLOCK)
-        relay_ports = range(low, low + RELAY_BLOCK)
-        env = {"B2BUA_MEDIA__EMBEDDED__PORTS": f"{relay_ports[0]}-{relay_ports[-1]}"}
-        daemon = start_daemon(config_file=config, env=env)
-        return TransferRig(daemon, target_port, tmp_path / "sipp", relay_ports)
+        daemon = start_daemon(config_file=config)
+        return TransferRig(daemon, target_port, tmp_path / "sipp", daemon.relay_ports)
 
     return make
 

@@ -194,14 +194,30 @@ def test_media_timeout_ends_the_call_unless_it_is_on_hold():
     [b_reinv2] = w.requests(PBX, "INVITE")[2:]
     w.inject(response_to(b_reinv2, 200, "OK", to_tag=None, extra="Content-Type: application/sdp"), PBX,
              body=CALLEE_SDP)
-    for _ in range(11):  # 55 s: the relay (media_timeout 60 s) has not flagged anything yet
+    for _ in range(5):  # 25 s of silence after the resume: within media.timeout_s = 30
         w.advance(5)
         w.rtp.tick(w.sched.now)
     assert not w.requests(CALLER, "BYE")
-    for _ in range(3):
+    for _ in range(3):  # the relay's packet totals stood still for 30 s (the relay itself flags at 60 s)
         w.advance(5)
         w.rtp.tick(w.sched.now)
     a_bye, b_bye = w.requests(CALLER, "BYE")[0], w.requests(PBX, "BYE")[0]
     assert "media timeout" in (a_bye.headers.get("Reason") or "")
     assert "media timeout" in (b_bye.headers.get("Reason") or "")
     assert w.core.stats.media_events["timeout"] == 1
+
+
+def test_media_that_keeps_flowing_keeps_the_call_up():
+    w = Wire(relay=True, overrides={"media": {"enabled": True, "relays": ["127.0.0.1:2223"], "timeout_s": 20,
+                                              "check_interval_s": 5}})
+    assert w.rtp is not None
+    establish(w)
+    [rcall] = w.rtp.calls.values()
+    for _ in range(24):  # two minutes with a packet counted every 5 s, one way only
+        rcall.streams[0].a.rtp.packets += 1
+        w.advance(5)
+        w.rtp.tick(w.sched.now)
+    assert not w.requests(CALLER, "BYE") and len(w.core.calls) == 1
+    for _ in range(5):  # then silence: the B2BUA's own 20 s judgement ends it
+        w.advance(5)
+    assert w.requests(CALLER, "BYE") and w.core.stats.media_events["timeout"] == 1
