@@ -5,10 +5,12 @@ each RTP/RTCP port synchronously (so an `offer` is answered only with ports real
 attaches the socket to the loop as a `RelayPort` protocol in a task; a datagram that arrives in
 between waits in the kernel buffer. The ng `ControlProtocol` feeds requests to the relay, a one
 second loop timer runs `relay.tick()` (last activity, media timeouts, expiry), and an optional
-aiohttp server answers `/metrics` and `/healthz`. The control socket is either bound here
-(`--control`) or inherited already bound from a parent (`--control-fd`, see `inherited_control`).
-SIGTERM or SIGINT, or with `--exit-with-parent` the parent's exit (parent.py), releases every call,
-checks the port allocator for leaks, closes the sockets and returns 0.
+aiohttp server answers `/metrics` and `/healthz`. An exception escaping into the loop (from a
+media callback, say) is a bug: the loop's exception handler logs and counts it in
+`escaped_exceptions`. The control socket is either bound here (`--control`) or inherited already
+bound from a parent (`--control-fd`, see `inherited_control`). SIGTERM or SIGINT, or with
+`--exit-with-parent` the parent's exit (parent.py), releases every call, checks the port
+allocator for leaks, closes the sockets and returns 0.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from .ports import PortAllocator
 from .session import CallExpired, MediaTimedOut, Relay, RelayConfig
 
 TICK_S = 1.0
-SOCKET_BUFFER = 1 << 20
 
 
 class SocketOpener:
@@ -59,6 +60,7 @@ class SocketOpener:
                 sock.close()
             raise
         for port, sock in zip((rtp, rtcp), socks, strict=True):
+            port.attach(sock)  # sending goes straight to the socket; receiving waits for the loop
             task = self.loop.create_task(self._attach(port, sock))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -115,6 +117,7 @@ class RelayDaemon:
         relay = Relay(RelayConfig(s.sdp_address, s.media_timeout, s.hold_timeout, s.timeout_delete),
                       allocator, opener)
         relay.wall_offset = time.time() - loop.time()
+        loop.set_exception_handler(self._on_loop_exception)
         self.relay = relay
         core = ControlCore(relay)
         def control_protocol() -> ControlProtocol:
@@ -157,6 +160,10 @@ class RelayDaemon:
         self.log.info("relay_stopped", ports_released=released, ports_in_use=allocator.ports_in_use,
                       leak=leak or None, escaped_exceptions=self.escaped_exceptions + relay.internal_errors)
         return 0
+
+    def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        self._on_escaped(exc if exc is not None else RuntimeError(str(context.get("message"))))
 
     def _check_parent(self) -> None:
         if self.parent is not None and not self._stopping.is_set() and self.parent.gone():
