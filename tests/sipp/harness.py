@@ -672,17 +672,7 @@ def run_sipp_pair(
 
     result = PairResult(uas=uas_result, uac=uac_result)
     if check:
-        problems = []
-        for r in (uac_result, uas_result):
-            if r.returncode != 0:
-                problems.append(f"{r.role} exit code {r.returncode}")
-            ok, failed = r.stat("Successful call"), r.stat("Failed call")
-            if ok is None or failed is None:
-                problems.append(f"{r.role} left no final statistics screen")
-            if failed:
-                problems.append(f"{r.role} failed calls: {failed}")
-            if ok is not None and ok != calls:
-                problems.append(f"{r.role} successful calls: {ok}/{calls}")
+        problems = [p for r in (uac_result, uas_result) for p in agent_problems(r, calls)]
         if problems:
             raise SippFailure(
                 "SIPp reported failure: "
