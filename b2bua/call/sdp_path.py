@@ -38,10 +38,6 @@ class SdpPath:
         self._waiting = False  # an op is being started: a reply now is synchronous
         self._sync_reply: tuple[bytes | None, str | None] | None = None
 
-    @property
-    def pending(self) -> int:
-        return len(self._queue)
-
     def carry(self, kind: str | None, sender: Leg, receiver: Leg, msg: Request | Response,
               then: Then, fail: Fail) -> None:
         """Relay `msg`'s body from `sender` to `receiver`; `kind` is "offer", "answer" or None."""

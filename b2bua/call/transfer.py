@@ -64,6 +64,7 @@ class Transfer:
         self.transferor_gone = False  # the transferor sent BYE after the 202
         self._expiry: Any = None
         self._glare_retries = 0
+        self._transferee_offer = b""  # the re-INVITE's SDP, sent again after a 491
 
     @property
     def finished(self) -> bool:
@@ -207,11 +208,14 @@ class Transfer:
 
     def _reinvite_transferee(self, body: bytes) -> None:
         try:
-            stamped = self.transferee.sdp.outgoing(body)
+            self._transferee_offer = self.transferee.sdp.outgoing(body)
         except SdpError:
             self._bridge_failed("media relay returned bad SDP")
             return
-        self.call.send_own(self.transferee, "INVITE", stamped, self._transferee_answered,
+        self._send_reinvite()
+
+    def _send_reinvite(self) -> None:
+        self.call.send_own(self.transferee, "INVITE", self._transferee_offer, self._transferee_answered,
                            [("Content-Type", "application/sdp")])
 
     def _transferee_answered(self, tx: Any, resp: Response | None) -> None:
@@ -222,8 +226,7 @@ class Transfer:
             return
         if resp.status == 491 and self._glare_retries < REINVITE_GLARE_RETRIES:
             self._glare_retries += 1
-            self.ctx.call_later(REINVITE_GLARE_DELAY_S, lambda: self._reinvite_transferee(
-                self.media_sdp_for_transferee()))
+            self.ctx.call_later(REINVITE_GLARE_DELAY_S, self._send_reinvite)  # the same offer again
             return
         if not resp.is_success:
             self._bridge_failed(f"the transferee refused the re-INVITE ({resp.status})")
@@ -236,10 +239,6 @@ class Transfer:
             self.media.offer(self.transferee.local_tag, self.target.local_tag, resp.body, _ignore)
         self.ctx.log_event(self.call, "transfer_completed", target=str(self.refer.target))
         self.call.transfer_settled(self)
-
-    def media_sdp_for_transferee(self) -> bytes:
-        """What the transferee was last offered (retried after glare)."""
-        return self.transferee.sdp.local or b""
 
     def _bridge_failed(self, reason: str) -> None:
         """The target answered but the call cannot be joined to it: end everything, cleanly."""

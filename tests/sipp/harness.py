@@ -588,6 +588,15 @@ def _collect(role: str, runner, files: dict, timeout: float) -> AgentResult:
     )
 
 
+def _kill_all(runners) -> None:
+    for runner in runners:
+        for proc in runner._procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)
+
+
 def run_sipp_pair(
     daemon: Daemon,
     uas: str,
@@ -662,13 +671,7 @@ def run_sipp_pair(
         uas_grace = 5 if uac_result.returncode == 0 else 1
         uas_result = _collect("uas", uas_runner, uas_files, timeout=uas_grace)
     finally:
-        # whatever happened (including the per-test alarm), leave no SIPp running
-        for runner in runners:
-            for proc in runner._procs.values():
-                if proc.poll() is None:
-                    proc.kill()
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        proc.wait(timeout=5)
+        _kill_all(runners)  # whatever happened (including the per-test alarm), leave no SIPp running
 
     result = PairResult(uas=uas_result, uac=uac_result)
     if check:
@@ -813,13 +816,7 @@ def run_sipp_trio(
             left = min(10.0, max(1.0, deadline - time.monotonic())) if uac_ok else 1.0
             results[role] = _collect(role, runner, files, timeout=left)
     finally:
-        # whatever happened (including the per-test alarm), leave no SIPp running
-        for runner in runners:
-            for proc in runner._procs.values():
-                if proc.poll() is None:
-                    proc.kill()
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        proc.wait(timeout=5)
+        _kill_all(runners)  # whatever happened (including the per-test alarm), leave no SIPp running
 
     result = TrioResult(target=results["target"], uas=results["uas"], uac=results["uac"])
     if check:

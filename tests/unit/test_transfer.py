@@ -208,3 +208,21 @@ def test_blind_transfer_without_a_relay_passes_the_sdp():
     target_answers(w)
     [a_reinv] = w.requests(CALLER, "INVITE")
     assert SessionDescription.parse(a_reinv.body).media[0].port == 7000
+
+
+def test_glare_on_the_transferees_reinvite_is_retried_with_the_same_offer():
+    w = wire()
+    _, _, b200 = establish(w)
+    refer_from_callee(w, b200)
+    target_answers(w)
+    [first] = w.requests(CALLER, "INVITE")
+    w.inject(response_to(first, 491, "Request Pending", to_tag=None), CALLER)
+    w.advance(1)
+    assert len({r.cseq.seq for r in w.requests(CALLER, "INVITE")}) == 1  # RFC 3261 §14.1: wait first
+    w.advance(2)
+    second = [r for r in w.requests(CALLER, "INVITE") if r.cseq.seq != first.cseq.seq]
+    assert second and second[0].body == first.body
+    w.inject(response_to(second[0], 200, "OK", to_tag=None, contact="<sip:alice@127.0.0.1:5070>",
+                         extra="Content-Type: application/sdp"), CALLER, body=CALLER_SDP)
+    # The 491 was ACKed by its transaction, the 200 by the call.
+    assert [a.cseq.seq for a in w.requests(CALLER, "ACK")] == [first.cseq.seq, second[0].cseq.seq]
