@@ -84,6 +84,8 @@ class Core:
         self._tx_owner: dict[Any, Leg] = {}  # transactions a call is waiting on -> its leg
         self._call_txs: dict[Call, list[Any]] = {}
         self._a_invites: dict[Any, Call] = {}  # caller's INVITE server tx -> call (CANCEL matching)
+        # Called with (call, event, fields) for every call event the log gets (the API's event stream).
+        self.listeners: list[Callable[[Call, str, dict[str, Any]], None]] = []
 
     # -- input from the shell ------------------------------------------------------------------
 
@@ -322,6 +324,8 @@ class Core:
 
     def log_event(self, call: Call, event: str, **fields: Any) -> None:
         self.log.info(event, call_id=call.call_id, **fields)
+        for listener in self.listeners:
+            listener(call, event, fields)
 
     def _own(self, leg: Leg, tx: Any) -> None:
         txs = self._call_txs.get(leg.call)
