@@ -261,6 +261,12 @@ class Core:
     def refer_allowed(self, leg: Leg) -> bool:
         return self.refer_limiter.allow(leg.key, self.scheduler.now)
 
+    def find_leg(self, call_id: str, local_tag: str) -> Leg | None:
+        return self._legs.get((call_id, local_tag))
+
+    def transfer_ended(self, call: Call, kind: str, result: str, seconds: float) -> None:
+        self.stats.transfer_ended(kind, result, seconds)
+
     def media_event(self, call: Call, event: str, reason: str) -> None:
         self.stats.media_events[event] += 1
         self.log.warning("media_" + event, call_id=call.call_id, reason=reason)
@@ -314,9 +320,16 @@ class Core:
     def call_ended(self, call: Call, result: str) -> None:
         self.calls.discard(call)
         for leg in call.all_legs():
-            self._legs.pop(leg.key, None)
+            if leg.call is not call:
+                continue  # an attended transfer took it into another call, which goes on
+            if self._legs.get(leg.key) is leg:
+                del self._legs[leg.key]
             self.refer_limiter.forget(leg.key)
         for tx in self._call_txs.pop(call, ()):
+            owner = self._tx_owner.get(tx)
+            if owner is not None and owner.call is not call and owner.call in self._call_txs:
+                self._call_txs[owner.call].append(tx)  # a taken-over leg's transaction: still awaited
+                continue
             self._tx_owner.pop(tx, None)
             self._a_invites.pop(tx, None)
         self.stats.calls[result] += 1

@@ -12,8 +12,12 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
+
+TRANSFER_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)  # seconds
+TRANSFER_KINDS = ("blind", "attended", "early")
+TRANSFER_RESULTS = ("completed", "failed", "abandoned", "bridge_failed")
 
 
 @dataclass
@@ -25,8 +29,23 @@ class Stats:
     calls: Counter[str] = field(default_factory=Counter)  # by result
     malformed: Counter[str] = field(default_factory=Counter)  # by kind
     media_events: Counter[str] = field(default_factory=Counter)  # relay_down, timeout, call_ended, ...
+    transfers: Counter[tuple[str, str]] = field(default_factory=Counter)  # (kind, result)
+    # Transfer durations (REFER to result) as histogram bucket counts, cumulative at scrape time.
+    transfer_seconds: dict[str, list[float]] = field(default_factory=dict)  # kind -> [per-bucket..., sum]
     escaped_exceptions: int = 0
     tcp_connections_opened: int = 0
+
+    def transfer_ended(self, kind: str, result: str, seconds: float) -> None:
+        """Count one transfer and put its duration (REFER to result) in its histogram bucket."""
+        self.transfers[(kind, result)] += 1
+        counts = self.transfer_seconds.setdefault(kind, [0.0] * (len(TRANSFER_BUCKETS) + 2))
+        for i, bound in enumerate(TRANSFER_BUCKETS):
+            if seconds <= bound:
+                counts[i] += 1
+                break
+        else:
+            counts[len(TRANSFER_BUCKETS)] += 1  # beyond the last bound: counted only in +Inf
+        counts[-1] += seconds  # the sum
 
 
 class StatsCollector:
@@ -55,9 +74,26 @@ class StatsCollector:
             resp.add_metric([str(c), "out"], n)
         yield resp
         calls = CounterMetricFamily("b2bua_calls", "Calls ended, by result", labels=["result"])
-        for r in ("answered", "cancelled", "rejected", "failed", "timeout"):
+        for r in ("answered", "cancelled", "rejected", "failed", "timeout", "transferred"):
             calls.add_metric([r], s.calls.get(r, 0))
         yield calls
+        transfers = CounterMetricFamily("b2bua_transfers", "Transfers the B2BUA carried out, by kind and result",
+                                        labels=["kind", "result"])
+        for kind in TRANSFER_KINDS:
+            for result in TRANSFER_RESULTS:
+                transfers.add_metric([kind, result], s.transfers.get((kind, result), 0))
+        yield transfers
+        durations = HistogramMetricFamily("b2bua_transfer_duration_seconds",
+                                          "Time from REFER to the transfer's result, by kind", labels=["kind"])
+        for kind in TRANSFER_KINDS:
+            counts = s.transfer_seconds.get(kind, [0.0] * (len(TRANSFER_BUCKETS) + 2))
+            buckets: list[tuple[str, float]] = []
+            cumulative = 0.0
+            for label, in_bucket in zip([*map(str, TRANSFER_BUCKETS), "+Inf"], counts[:-1], strict=True):
+                cumulative += in_bucket
+                buckets.append((label, cumulative))
+            durations.add_metric([kind], buckets, sum_value=counts[-1])
+        yield durations
         bad = CounterMetricFamily("b2bua_sip_malformed", "Malformed SIP messages received, by kind",
                                   labels=["kind"])
         for k, n in s.malformed.items():

@@ -25,9 +25,10 @@ from ..sip.headers import NameAddr
 from ..sip.message import Headers, Request, Response, build_response
 from ..sip.uri import parse_uri
 from .capabilities import ALLOW
+from .consultation import Consultation, find_consultation
 from .header_policy import HeaderPolicy
 from .leg import Leg, Side
-from .refer import ReferError, parse_refer
+from .refer import ReferError, ReferRequest, parse_refer
 from .sdp_path import SdpPath
 from .transfer import Transfer, TransferState
 
@@ -60,6 +61,8 @@ class CallContext(Protocol):
     def now(self) -> float: ...
     def route(self, uri: Any) -> Address | None: ...
     def check_transfer_target(self, uri: Any) -> str | None: ...
+    def find_leg(self, call_id: str, local_tag: str) -> Leg | None: ...
+    def transfer_ended(self, call: Call, kind: str, result: str, seconds: float) -> None: ...
     def refer_allowed(self, leg: Leg) -> bool: ...
     def contact_for(self, dest: Address) -> str: ...
     def send_request(self, leg: Leg, request: Request, dest: Address) -> Any: ...
@@ -119,6 +122,10 @@ class Call:
         self.transfer: Transfer | None = None
         self._own: dict[Any, Any] = {}  # requests the call originates itself -> handler(tx, response)
         self._extra_legs: list[Leg] = []  # legs transfers added (registered with the core until the end)
+        self.started_at = ctx.now()
+        # A consultation call whose legs an attended transfer in another call holds: that call.
+        self.lent: Call | None = None
+        self._hangup_while_lent: str | None = None
 
     @property
     def call_id(self) -> str:
@@ -345,6 +352,9 @@ class Call:
         if not dialog.check_remote_cseq(req):
             self.ctx.respond(tx, build_response(req, 500, "Out of order CSeq"))
             return
+        if self.transfer is not None and leg in self.transfer.lent_legs:
+            self.transfer.lent_leg_request(leg, tx, req)  # the consultation call's legs, for now
+            return
         if method == "BYE":
             self.ctx.respond(tx, build_response(req, 200))
             self.ctx.log_event(self, "bye_received", side=leg.label)
@@ -512,6 +522,10 @@ class Call:
         """End the call: BYE every confirmed leg except the one that sent BYE; cancel what rings."""
         if self.state in (CallState.ENDING, CallState.ENDED):
             return
+        if self.lent is not None:
+            # An attended transfer holds our legs: it gives them back (then we end) or takes them.
+            self._hangup_while_lent = reason or "call ended"
+            return
         if from_leg is not None and from_leg.dialog is not None:
             from_leg.dialog.state = DialogState.TERMINATED
         if not self.a_answered and from_leg is not self.b:
@@ -570,46 +584,111 @@ class Call:
         """REFER from one party: refuse it, or carry the transfer out (`transfers.mode = terminate`)."""
         ctx = self.ctx
         settings = ctx.transfers
-        refusal: tuple[int, str] | None = None
-        if settings.mode == "reject":
-            refusal = (403, "Forbidden (transfers are disabled)")
-        elif self.state is not CallState.CONFIRMED or not leg.confirmed:
-            refusal = (403, "Forbidden (no transfer before the call is answered)")
-        elif self.transfer is not None:
-            refusal = (491, "Request Pending (a transfer is in progress)")
-        elif not ctx.refer_allowed(leg):
-            refusal = (403, "Forbidden (too many REFERs in this dialog)")
-        if refusal is None:
+        try:
+            if settings.mode == "reject":
+                raise _Refused(403, "Forbidden (transfers are disabled)")
+            if self.state is not CallState.CONFIRMED or not leg.confirmed:
+                raise _Refused(403, "Forbidden (no transfer before the call is answered)")
+            if self.transfer is not None or self.lent is not None:
+                raise _Refused(491, "Request Pending (a transfer is in progress)")
+            if not ctx.refer_allowed(leg):
+                raise _Refused(403, "Forbidden (too many REFERs in this dialog)")
             refer = parse_refer(req)
             if isinstance(refer, ReferError):
-                refusal = (refer.status, refer.reason)
-            elif refer.replaces is not None:
-                refusal = (501, "Not Implemented (attended transfer)")
-            elif getattr(refer.target, "scheme", "sip") == "sips":
-                refusal = (416, "Unsupported URI Scheme (sips: no TLS here)")
-            else:
-                denied = ctx.check_transfer_target(refer.target)
-                hop = ctx.route(refer.target) if denied is None else None
-                if denied is not None:
-                    refusal = (403, f"Forbidden ({denied})")
-                elif hop is None:
-                    refusal = (404, "Not Found (no route to the transfer target)")
-        if refusal is not None:
-            ctx.respond(tx, build_response(req, refusal[0], refusal[1]))
-            ctx.log_event(self, "refer_refused", side=leg.label, status=refusal[0], reason=refusal[1])
+                raise _Refused(refer.status, refer.reason)
+            hop, consultation = self._plan_transfer(leg, refer)
+        except _Refused as refusal:
+            ctx.respond(tx, build_response(req, refusal.status, refusal.reason))
+            ctx.log_event(self, "refer_refused", side=leg.label, status=refusal.status, reason=refusal.reason)
             return
-        assert not isinstance(refer, ReferError) and hop is not None
         # The subscription outlives the target's ringing (RFC 3515 §2.4.6 lets us choose its expiry).
         expires = int(max(settings.notify_expires_s, ctx.no_answer_timeout + 30))
-        self.transfer = Transfer(self, leg, refer, hop, expires)
+        self.transfer = Transfer(self, leg, refer, hop, expires, consultation)
         ctx.respond(tx, build_response(req, 202, headers=[*refer.accept_headers(),
                                                           ("Contact", ctx.contact_for(leg.peer))]))
         self.transfer.start()
+
+    def _plan_transfer(self, leg: Leg, refer: ReferRequest) -> tuple[Address | None, Consultation | None]:
+        """Where a REFER takes the transferee: a consultation call of ours (attended, early), or a
+        next hop to call (blind, or a Replaces for a dialog elsewhere). Raises _Refused."""
+        ctx = self.ctx
+        policy = ctx.transfers.replaces_policy
+        if refer.replaces is not None:
+            if policy == "never":
+                raise _Refused(403, "Forbidden (attended transfers are disabled)")
+            found = find_consultation(ctx.find_leg, leg, refer.replaces)
+            if isinstance(found, Consultation):
+                return None, found  # no new call is placed: the target policy has nothing to check
+            if found is not None:
+                raise _Refused(*found)
+            if policy != "any":
+                raise _Refused(403, "Forbidden (Replaces names no dialog of this B2BUA)")
+        if getattr(refer.target, "scheme", "sip") == "sips":
+            raise _Refused(416, "Unsupported URI Scheme (sips: no TLS here)")
+        denied = ctx.check_transfer_target(refer.target)
+        if denied is not None:
+            raise _Refused(403, f"Forbidden ({denied})")
+        hop = ctx.route(refer.target)
+        if hop is None:
+            raise _Refused(404, "Not Found (no route to the transfer target)")
+        return hop, None
 
     def add_leg(self, leg: Leg) -> None:
         """A new leg of this call (a transfer target): known to the core until the call ends."""
         self._extra_legs.append(leg)
         self.ctx.register_leg(leg)
+
+    def remove_leg(self, leg: Leg) -> None:
+        """A leg lent by a consultation call goes back to it."""
+        if leg in self._extra_legs:
+            self._extra_legs.remove(leg)
+
+    def ringing(self) -> bool:
+        """The callee has not answered and the caller has not given up."""
+        return (self.state in (CallState.CALLING, CallState.EARLY) and not self.a_answered
+                and self.b_invite_tx is not None and not self.b_final)
+
+    def lend_legs(self, to: Call) -> None:
+        """An attended transfer in `to` joins our target to its transferee: our legs go there and
+        requests on them reach that call until the transfer gives them back or keeps them."""
+        self.lent = to
+        for leg in (self.a, self.b):
+            leg.call = to
+            to.add_leg(leg)
+
+    def take_back_legs(self, hang_up: bool) -> None:
+        """The transfer failed: the consultation call goes on (or ends, if it must or was asked to)."""
+        to = self.lent
+        assert to is not None
+        self.lent = None
+        for leg in (self.a, self.b):
+            leg.call = self
+            to.remove_leg(leg)
+        ended = next((leg for leg in (self.a, self.b) if not leg.confirmed), None)
+        if hang_up or ended is not None or self._hangup_while_lent:
+            self.hangup(from_leg=ended, reason=self._hangup_while_lent or "transfer abandoned")
+
+    def surrender_legs(self) -> None:
+        """The transfer completed: our legs stay with it, and this call ends, counted transferred."""
+        self.lent = None
+        self.result = "transferred"
+        self._finish()
+
+    def hand_over_ringing_target(self, to: Call) -> None:
+        """Early completion: our callee's ringing INVITE now belongs to a transfer in `to`. The
+        caller (the transferor) is told its INVITE ended, and this call ends."""
+        target = self.first_b
+        target.call = to
+        to.add_leg(target)
+        self.b_final = True  # no longer ours to cancel or answer
+        self._respond_a(487, "Request Terminated (call transferred)",
+                        [("Reason", 'SIP;cause=200;text="Call completed elsewhere"')])
+        self.result = "transferred"
+        self._finish()
+
+    def release_leg_if_up(self, leg: Leg, reason: str) -> None:
+        if leg.confirmed:
+            self.release_leg(leg, reason)
 
     def transfer_settled(self, transfer: Transfer) -> None:
         """A transfer reached its end (success, failure, or abandoned and its INVITE finished)."""
@@ -692,14 +771,15 @@ class Call:
         if self.state is not CallState.CONFIRMED:
             return
         self._watch_media()
-        if self.on_hold:  # RFC 3264 hold: silence is expected, the timeout is off
+        # Silence is expected on hold (RFC 3264) and while a transfer moves the media: no timeout.
+        if self.on_hold or self.lent is not None or self.transfer is not None:
             self._media_quiet_since = self.ctx.now()
         else:
             self.media.query(self._media_checked)
 
     def _media_checked(self, reply: dict[str, Any] | None, error: str | None) -> None:
         """Judge the relay's answer to `query`: the call's media stopped, or the relay lost it."""
-        if self.state is not CallState.CONFIRMED or self.on_hold:
+        if self.state is not CallState.CONFIRMED or self.on_hold or self.transfer is not None:
             return
         now = self.ctx.now()
         # rtpengine deletes a silent call after its own timeout; our relay flags it.
@@ -754,6 +834,13 @@ class Call:
 
     def transactions(self) -> list[Any]:
         return [*self._relays, *self._byes]
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
 
 
 def _quote(text: str) -> str:
