@@ -18,6 +18,7 @@ from typing import Any
 
 from .call.call import Call, release_requests
 from .call.capabilities import ALLOW, SUPPORTED
+from .call.consultation import find_leg, same_peer_address
 from .call.header_policy import HeaderPolicy
 from .call.leg import Leg
 from .call.transfer_policy import ReferRateLimiter, TargetPolicy
@@ -28,6 +29,7 @@ from .media.session import MediaSession, PassThroughMedia
 from .metrics import Stats
 from .routing.static import StaticRouter
 from .sip.address import Address
+from .sip.headers import HeaderError, parse_replaces
 from .sip.message import Request, Response, build_response, reason_for
 from .sip.parser import ParseError, parse_message
 from .sip.scheduler import Scheduler
@@ -124,7 +126,7 @@ class Core:
             call = self._a_invites.get(invite_tx) if invite_tx is not None else None
             self.respond(tx, build_response(request, 200 if call is not None else 481))
             if call is not None:
-                call.on_cancel()
+                call.on_cancel(invite_tx)
             return
         to_tag = request.to_tag
         if to_tag:
@@ -172,6 +174,9 @@ class Core:
         if mf is not None and mf <= 0:
             self.respond(tx, build_response(invite, 483))
             return
+        if invite.headers.get("Replaces") is not None:
+            self._invite_with_replaces(tx, invite, source)
+            return
         hop = self.router.route(invite.uri)
         if hop is None:
             self.respond(tx, build_response(invite, 404, "Not Found (no route)"))
@@ -182,6 +187,41 @@ class Core:
         self._tx_owner[tx] = call.a
         self._a_invites[tx] = call
         call.start()
+
+    def _invite_with_replaces(self, tx: Any, invite: Request, source: Address) -> None:
+        """RFC 3891: the INVITE takes the place of the leg its Replaces names (replacement.py)."""
+        values = invite.headers.get_all("Replaces")
+        refusal: tuple[int, str] | None = None
+        replaces = None
+        try:
+            if len(values) != 1:
+                raise HeaderError("several Replaces")
+            replaces = parse_replaces(values[0])
+        except HeaderError:
+            refusal = (400, "Bad Request (malformed or repeated Replaces)")
+        policy = self.transfers.replaces_policy
+        leg = None
+        if refusal is None and policy == "never":
+            refusal = (403, "Forbidden (Replaces is not accepted)")
+        elif refusal is None and replaces is not None:
+            leg = find_leg(self.find_leg, replaces.call_id, replaces.to_tag, replaces.from_tag)
+            if leg is None:
+                refusal = (481, "Call/Transaction Does Not Exist (Replaces names no dialog of ours)")
+            elif policy == "own_dialogs" and not same_peer_address(leg, source):
+                refusal = (403, "Forbidden (Replaces names a dialog of another party)")
+        if refusal is None and leg is not None and replaces is not None:
+            call = leg.call
+            started = call.accept_replacement(leg, invite, tx, source, replaces)
+            if not isinstance(started, tuple):
+                self._call_txs[call].append(tx)
+                self._tx_owner[tx] = started.leg
+                self._a_invites[tx] = call
+                started.start()
+                return
+            refusal = started
+        assert refusal is not None
+        self.respond(tx, build_response(invite, refusal[0], refusal[1]))
+        self.log.info("replaces_refused", call_id=invite.call_id, status=refusal[0], reason=refusal[1])
 
     def _answer_options(self, tx: Any, request: Request) -> None:
         self.respond(tx, build_response(request, 200, headers=[

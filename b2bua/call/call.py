@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from ..sip.address import Address
 from ..sip.dialog import Dialog, DialogState
-from ..sip.headers import NameAddr
+from ..sip.headers import NameAddr, Replaces
 from ..sip.message import Headers, Request, Response, build_response
 from ..sip.uri import parse_uri
 from .capabilities import ALLOW
@@ -29,6 +29,7 @@ from .consultation import Consultation, find_consultation
 from .header_policy import HeaderPolicy
 from .leg import Leg, Side
 from .refer import ReferError, ReferRequest, parse_refer
+from .replacement import Replacement
 from .sdp_path import SdpPath
 from .transfer import Transfer, TransferState
 
@@ -125,6 +126,7 @@ class Call:
         self.started_at = ctx.now()
         # A consultation call whose legs an attended transfer in another call holds: that call.
         self.lent: Call | None = None
+        self.replacement: Replacement | None = None  # an INVITE with Replaces taking one leg's place
         self._hangup_while_lent: str | None = None
 
     @property
@@ -314,8 +316,12 @@ class Call:
 
     # -- the caller gives up -----------------------------------------------------------------------
 
-    def on_cancel(self) -> None:
-        """CANCEL matched the caller's INVITE (the core has already answered it 200)."""
+    def on_cancel(self, invite_tx: Any = None) -> None:
+        """CANCEL matched the caller's INVITE (the core has already answered it 200), or the INVITE
+        with Replaces of a replacement under way."""
+        if self.replacement is not None and invite_tx is self.replacement.tx:
+            self.replacement.cancelled()
+            return
         if self.a_answered:
             return  # too late: the 2xx is on its way (RFC 3261 §9.2), the call goes on
         self._respond_a(487, None)
@@ -378,7 +384,7 @@ class Call:
             self.ctx.respond(tx, build_response(req, 491 if method == "INVITE" else 500, None,
                                                 headers=[("Retry-After", "1")]))
             return
-        if method == "INVITE" and (leg.reinvite_pending or other.reinvite_pending):
+        if method == "INVITE" and (leg.reinvite_pending or other.reinvite_pending or self.replacement is not None):
             self.ctx.respond(tx, build_response(req, 491))  # RFC 3261 §14.2: glare
             return
         mf = req.max_forwards
@@ -536,6 +542,8 @@ class Call:
         self.state = CallState.ENDING
         if self.transfer is not None:
             self.transfer.abandon()
+        if self.replacement is not None:
+            self.replacement.abandon()
         for leg in (self.a, self.b):
             if leg is not from_leg and leg.confirmed:
                 self._send_bye(leg, reason)
@@ -589,7 +597,7 @@ class Call:
                 raise _Refused(403, "Forbidden (transfers are disabled)")
             if self.state is not CallState.CONFIRMED or not leg.confirmed:
                 raise _Refused(403, "Forbidden (no transfer before the call is answered)")
-            if self.transfer is not None or self.lent is not None:
+            if self.transfer is not None or self.lent is not None or self.replacement is not None:
                 raise _Refused(491, "Request Pending (a transfer is in progress)")
             if not ctx.refer_allowed(leg):
                 raise _Refused(403, "Forbidden (too many REFERs in this dialog)")
@@ -685,6 +693,26 @@ class Call:
                         [("Reason", 'SIP;cause=200;text="Call completed elsewhere"')])
         self.result = "transferred"
         self._finish()
+
+    def accept_replacement(self, replaced: Leg, invite: Request, tx: Any, source: Address,
+                           replaces: Replaces) -> Replacement | tuple[int, str]:
+        """An INVITE with Replaces names `replaced`: start replacing it, or say why not."""
+        if replaces.early_only and replaced.confirmed:
+            return (486, "Busy Here (early-only names a confirmed dialog)")
+        if self.ringing() and not replaced.confirmed:
+            return (501, "Not Implemented (call pickup: the named dialog still rings)")
+        if (self.state is not CallState.CONFIRMED or not replaced.confirmed
+                or replaced not in (self.a, self.b) or not self.other(replaced).confirmed):
+            return (481, "Call/Transaction Does Not Exist (the named dialog is not in a call)")
+        if (self.transfer is not None or self.lent is not None or self.replacement is not None
+                or self.a.reinvite_pending or self.b.reinvite_pending):
+            return (491, "Request Pending (the call is busy with a transfer)")
+        self.replacement = Replacement(self, replaced, invite, tx, source)
+        return self.replacement
+
+    def replacement_settled(self, replacement: Replacement) -> None:
+        if self.replacement is replacement and replacement.finished:
+            self.replacement = None
 
     def release_leg_if_up(self, leg: Leg, reason: str) -> None:
         if leg.confirmed:

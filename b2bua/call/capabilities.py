@@ -9,5 +9,6 @@ from __future__ import annotations
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, MESSAGE, NOTIFY, PRACK, REFER"
 
-# norefersub: RFC 4488 (a REFER without its implicit subscription); tdialog: RFC 4538 (Target-Dialog).
-SUPPORTED: frozenset[str] = frozenset({"norefersub", "tdialog"})
+# norefersub: RFC 4488 (a REFER without its implicit subscription); replaces: RFC 3891 (INVITE with
+# Replaces, see replacement.py); tdialog: RFC 4538 (Target-Dialog).
+SUPPORTED: frozenset[str] = frozenset({"norefersub", "replaces", "tdialog"})

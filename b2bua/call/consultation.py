@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..sip.address import Address
 from ..sip.dialog import DialogState
 from ..sip.headers import Replaces
 from .leg import Leg
@@ -54,6 +55,14 @@ def find_leg(lookup: Lookup, call_id: str, local_tag: str, remote_tag: str) -> L
     if remote_tag in leg.early:
         return leg
     return None
+
+
+def same_peer_address(leg: Leg, source: Address) -> bool:
+    """A request from `source` comes from the signalling peer `leg` faces (see same_peer)."""
+    if leg.peer.host == source.host:
+        return True
+    target = leg.dialog.remote_target if leg.dialog is not None else None
+    return getattr(target, "host_bare", None) == source.host
 
 
 def same_peer(a: Leg, b: Leg) -> bool:
