@@ -261,3 +261,42 @@ def test_a_replaces_for_a_dialog_elsewhere_is_sent_on_to_the_target_under_policy
     [t_inv] = w.requests(TARGET, "INVITE")
     assert t_inv.headers.get("Replaces") == "abc@host;to-tag=1;from-tag=2"
     assert t_inv.headers.get("Require") == "replaces"
+
+
+def test_attended_transfer_when_the_target_had_called_the_transferor():
+    """Supervised in the UCMA sense: carol called bob earlier; bob joins alice to that call."""
+    w = wire()
+    a200, b_inv, b200 = establish(w)
+    w.inject("""INVITE sip:bob@127.0.0.1:5060 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKcarolcall
+From: <sip:carol@127.0.0.1>;tag=caroltag
+To: <sip:bob@127.0.0.1:5060>
+Call-ID: carol-1@127.0.0.1
+CSeq: 1 INVITE
+Max-Forwards: 70
+Contact: <sip:carol@127.0.0.1:5090>
+Content-Type: application/sdp""", TARGET, body=TARGET_SDP)
+    [to_bob] = [r for r in w.requests(PBX, "INVITE") if r.call_id != b_inv.call_id]
+    w.inject(response_to(to_bob, 200, "OK", to_tag="bobtag3", extra="Content-Type: application/sdp"), PBX,
+             body=BOB_SDP)
+    [carol_ok] = [r for r in w.responses(TARGET, 200) if r.call_id == "carol-1@127.0.0.1"]
+    w.inject(in_dialog("ACK", carol_ok, cseq=1, branch="z9hG4bKcarack", from_side_is_to=False,
+                       via="127.0.0.1:5090"), TARGET)
+    w.take()
+    replaces = f"{to_bob.call_id.replace('@', '%40')}%3Bto-tag%3D{to_bob.from_tag}%3Bfrom-tag%3Dbobtag3"
+    w.inject(in_dialog("REFER", b200, cseq=2, branch="z9hG4bKrevref", from_side_is_to=True, via="127.0.0.1:5080",
+                       extra=f"Refer-To: <sip:carol@127.0.0.1?Replaces={replaces}>\n"
+                             "Contact: <sip:bob@127.0.0.1:5080>"), PBX)
+    assert w.responses(PBX, 202)
+    [t_reinv] = reinvites(w, TARGET, "carol-1@127.0.0.1")  # on carol's own dialog, where we are UAS
+    assert t_reinv.headers.get("To").endswith("tag=caroltag")
+    answer(w, t_reinv, TARGET, CAROL_SDP2)
+    [a_reinv] = reinvites(w, CALLER, a200.call_id)
+    answer(w, a_reinv, CALLER, CALLER_SDP)
+    assert bob_byes(w) == {b_inv.call_id, to_bob.call_id}
+    ok_all(w, PBX, "BYE")
+    w.inject(in_dialog("BYE", a200, cseq=3, branch="z9hG4bKabye", from_side_is_to=False))
+    [t_bye] = w.requests(TARGET, "BYE")
+    assert t_bye.call_id == "carol-1@127.0.0.1"
+    answer(w, t_bye, TARGET)
+    assert not w.core.calls and w.rtp is not None and not w.rtp.calls and not w.core._legs
