@@ -207,7 +207,7 @@ class Core:
             leg = find_leg(self.find_leg, replaces.call_id, replaces.to_tag, replaces.from_tag)
             if leg is None:
                 refusal = (481, "Call/Transaction Does Not Exist (Replaces names no dialog of ours)")
-            elif policy == "own_dialogs" and not same_peer_address(leg, source):
+            elif policy == "own_dialogs" and not (same_peer_address(leg, source) or _granted(leg, source, self.now())):
                 refusal = (403, "Forbidden (Replaces names a dialog of another party)")
         if refusal is None and leg is not None and replaces is not None:
             call = leg.call
@@ -422,3 +422,9 @@ class Core:
     @property
     def active_calls(self) -> int:
         return len(self.calls)
+
+
+def _granted(leg: Leg, source: Address, now: float) -> bool:
+    """A passthrough attended transfer sent `source`'s peer a Replaces naming `leg` (call.py)."""
+    grant = leg.replaceable_from
+    return grant is not None and grant[0] == source.host and now <= grant[1]

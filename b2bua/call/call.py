@@ -23,12 +23,12 @@ from ..sip.address import Address
 from ..sip.dialog import Dialog, DialogState
 from ..sip.headers import NameAddr, Replaces
 from ..sip.message import Headers, Request, Response, build_response
-from ..sip.uri import parse_uri
+from ..sip.uri import parse_uri, unescape
 from .capabilities import ALLOW
 from .consultation import Consultation, find_consultation
 from .header_policy import HeaderPolicy
 from .leg import Leg, Side
-from .refer import ReferError, ReferRequest, parse_refer
+from .refer import ReferError, ReferRequest, parse_refer, refer_to_with_replaces
 from .replacement import Replacement
 from .sdp_path import SdpPath
 from .transfer import Transfer, TransferState
@@ -127,6 +127,7 @@ class Call:
         # A consultation call whose legs an attended transfer in another call holds: that call.
         self.lent: Call | None = None
         self.replacement: Replacement | None = None  # an INVITE with Replaces taking one leg's place
+        self._refer_ids: dict[tuple[tuple[str, str], str], str] = {}  # passthrough: (leg, our id) -> theirs
         self._hangup_while_lent: str | None = None
 
     @property
@@ -398,6 +399,8 @@ class Call:
             headers.append(("Contact", self.ctx.contact_for(other.peer)))
         if method == "INVITE":
             other.reinvite_pending = True
+        if method == "NOTIFY":
+            headers.extend(self._notify_headers(leg, req))
 
         def send(body: bytes) -> None:
             if self.state is not CallState.CONFIRMED or not other.confirmed:
@@ -422,6 +425,23 @@ class Call:
 
         kind = "offer" if method in TARGET_REFRESH else None
         self.sdp.carry(kind, leg, other, req, send, refuse)
+
+    def _notify_headers(self, leg: Leg, req: Request) -> list[tuple[str, str]]:
+        """Event and Subscription-State of a NOTIFY we relay (they belong to the subscription, which
+        crosses with the REFER or SUBSCRIBE that made it); a refer event's id is translated back."""
+        out = [(n, v) for n, v in req.headers if n.lower() == "subscription-state"]
+        event = req.headers.get("Event")
+        if event is not None:
+            package, _, params = event.partition(";")
+            kept = []
+            for param in params.split(";") if params else []:
+                name, _, value = param.strip().partition("=")
+                if name.lower() == "id":
+                    value = self._refer_ids.get((leg.key, value.strip()), value.strip())
+                    param = f"id={value}"
+                kept.append(param.strip())
+            out.append(("Event", ";".join([package.strip(), *kept])))
+        return out
 
     def on_ack(self, leg: Leg, ack: Request) -> None:
         waiting = self._ack_wait.pop(leg, None)
@@ -604,6 +624,8 @@ class Call:
             refer = parse_refer(req)
             if isinstance(refer, ReferError):
                 raise _Refused(refer.status, refer.reason)
+            if settings.mode == "passthrough" and self._pass_refer(leg, tx, req, refer):
+                return
             hop, consultation = self._plan_transfer(leg, refer)
         except _Refused as refusal:
             ctx.respond(tx, build_response(req, refusal.status, refusal.reason))
@@ -615,6 +637,67 @@ class Call:
         ctx.respond(tx, build_response(req, 202, headers=[*refer.accept_headers(),
                                                           ("Contact", ctx.contact_for(leg.peer))]))
         self.transfer.start()
+
+    def _pass_refer(self, leg: Leg, tx: Any, req: Request, refer: ReferRequest) -> bool:
+        """`transfers.mode = passthrough`: relay the REFER to the other party, which then transfers
+        itself. The Refer-To points back at us, so its INVITE comes through the B2BUA: to the target
+        (routed like any call), or, for an attended transfer, with a Replaces naming the
+        transferor's consultation leg (which that party is then allowed to replace). The answer and
+        the NOTIFYs come back through `_relays` and `on_request`. An early completion cannot be done
+        by endpoints (RFC 3891: 481), so the B2BUA does it as in terminate mode: returns False.
+        Raises _Refused."""
+        ctx = self.ctx
+        other = self.other(leg)
+        assert other.dialog is not None
+        if refer.replaces is not None:
+            policy = ctx.transfers.replaces_policy
+            if policy == "never":
+                raise _Refused(403, "Forbidden (attended transfers are disabled)")
+            found = find_consultation(ctx.find_leg, leg, refer.replaces)
+            if isinstance(found, Consultation):
+                if found.early:
+                    return False
+                named = found.transferor_leg
+                assert named.dialog is not None and named.dialog.remote_tag is not None
+                named.replaceable_from = (other.peer.host, ctx.now() + ctx.transfers.notify_expires_s)
+                refer_to = refer_to_with_replaces(self._via_us(other, refer.target), named.call_id,
+                                                  named.local_tag, named.dialog.remote_tag)
+            elif found is not None:
+                raise _Refused(*found)
+            elif policy == "any":
+                refer_to = str(refer.refer_to)  # a dialog elsewhere: the party reaches it directly
+            else:
+                raise _Refused(403, "Forbidden (Replaces names no dialog of this B2BUA)")
+        else:
+            if getattr(refer.target, "scheme", "sip") == "sips":
+                raise _Refused(416, "Unsupported URI Scheme (sips: no TLS here)")
+            denied = ctx.check_transfer_target(refer.target)
+            if denied is not None:
+                raise _Refused(403, f"Forbidden ({denied})")
+            if ctx.route(refer.target) is None:
+                raise _Refused(404, "Not Found (no route to the transfer target)")
+            refer_to = f"<{self._via_us(other, refer.target)}>"
+        headers = [("Refer-To", refer_to), ("Contact", ctx.contact_for(other.peer))]
+        if refer.referred_by:
+            headers.append(("Referred-By", refer.referred_by))
+        if refer.refer_sub is False:
+            headers.append(("Refer-Sub", "false"))
+        if refer.norefersub:
+            headers.append(("Supported", "norefersub"))
+        headers.extend(ctx.policy.request_headers(req))
+        out = other.dialog.create_request("REFER", headers)
+        ctx_tx = ctx.send_request(other, out, other.destination())
+        self._relays[ctx_tx] = (tx, leg)
+        # The other party's NOTIFYs name our REFER's CSeq in Event's id; the transferor expects its own.
+        self._refer_ids[(other.key, str(out.cseq.seq))] = str(req.cseq.seq)
+        ctx.log_event(self, "refer_relayed", side=leg.label, attended=refer.replaces is not None)
+        return True
+
+    def _via_us(self, leg: Leg, target: Any) -> str:
+        """A SIP URI for `target`'s user at our own address as `leg`'s peer reaches us."""
+        user = target.user if hasattr(target, "user") else unescape(target.raw[4:].split(";", 1)[0])
+        contact = self.ctx.contact_for(leg.peer).strip("<>")
+        return contact.replace("sip:b2bua@", f"sip:{user}@" if user else "sip:", 1)
 
     def _plan_transfer(self, leg: Leg, refer: ReferRequest) -> tuple[Address | None, Consultation | None]:
         """Where a REFER takes the transferee: a consultation call of ours (attended, early), or a

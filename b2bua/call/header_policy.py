@@ -28,7 +28,7 @@ NEVER_COPIED = frozenset(
 RESPONSE_HEADERS = frozenset(
     h.lower() for h in ("Content-Type", "Content-Disposition", "Content-Encoding", "Content-Language",
                         "Retry-After", "Warning", "Reason", "Unsupported", "Accept", "Accept-Encoding",
-                        "Accept-Language", "Error-Info", "Server", "P-Asserted-Identity")
+                        "Accept-Language", "Error-Info", "Server", "P-Asserted-Identity", "Refer-Sub")
 )
 
 

@@ -42,6 +42,8 @@ class Leg:
     ack: Any = None  # (Request, Address) of the last ACK we sent on this leg, re-sent on 2xx retransmits
     ack_for: tuple[int, str] | None = None  # (CSeq, to-tag) the stored ACK answers
     sdp: LegSdp = field(default_factory=LegSdp)  # our o= line and the last SDP each way
+    # A passthrough attended transfer told another peer to replace this leg: (its host, until when).
+    replaceable_from: tuple[str, float] | None = None
 
     @property
     def key(self) -> tuple[str, str]:
