@@ -217,12 +217,6 @@ class Settings(_Section):
     transfers: TransferSettings = TransferSettings()
     log: LogSettings = LogSettings()
 
-    @model_validator(mode="after")
-    def _implemented(self) -> Settings:
-        if self.transfers.mode == "passthrough":
-            raise ValueError("transfers.mode: passthrough is not implemented yet (use terminate or reject)")
-        return self
-
 
 def _read_file(path: Path) -> dict[str, Any]:
     try:
