@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .api import mount_api
 from .config import Settings, parse_hostport
 from .core import Core
 from .http import make_http_app
@@ -181,6 +182,7 @@ class Daemon:
                                          sum(r.sessions for r in core.relays.relays) if core.relays else 0),
                 "b2bua_transactions": ("Live SIP transactions", len(tl)),
                 "b2bua_tcp_connections": ("Open SIP TCP connections", self._tcp.connections if self._tcp else 0),
+                "b2bua_api_event_streams": ("Open /v1/events streams", len(api.hub.clients) if api else 0),
             },
             counters=lambda: {
                 "b2bua_sip_retransmissions": ("SIP retransmissions sent", tl.retransmissions),
@@ -192,10 +194,17 @@ class Daemon:
                                       core.ng.timeouts if core.ng else 0),
                 "b2bua_embedded_relay_restarts": ("Times the embedded relay process was restarted",
                                                   self._relay.restarts if self._relay else 0),
+                "b2bua_api_event_streams_dropped": ("/v1/events clients dropped for falling behind",
+                                                    api.hub.dropped if api else 0),
             },
         )
         registry = make_registry(collector)
         app = make_http_app(registry, healthy=lambda: core.accepting)
+        loop = self._loop
+        assert loop is not None
+        # The control API under /v1, on this loop; its actions enter the core like SIP input does.
+        api = mount_api(app, core, self.settings, self.log, self.stats,
+                        advance=lambda: self.scheduler.advance(loop.time()), rearm=self._arm_timer)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         host, port = parse_hostport(self.settings.http.listen, 9090)

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from rtp_relay.config import check_ip, check_port_range
 
@@ -134,6 +135,33 @@ class HttpSettings(_Section):
         return v
 
 
+class ApiSettings(_Section):
+    """The HTTP JSON control API under /v1 on the `http.listen` address (see b2bua/api/)."""
+
+    enabled: bool = Field(True, description="serve /v1 (calls, hold/resume, hang up, events)")
+    token: SecretStr | None = Field(
+        None, description="bearer token every /v1 request must carry; without one only loopback "
+                          "clients are answered (env B2BUA_API__TOKEN)")
+    max_body_bytes: int = Field(16_384, ge=256, le=1_048_576, description="larger request bodies get 413")
+    sse_keepalive_s: float = Field(15.0, gt=0, le=300, description="comment line on idle event streams")
+    sse_queue_events: int = Field(
+        1000, ge=10, le=100_000, description="events buffered per stream client; one that falls this far "
+                                             "behind is dropped (after a final overflow event)")
+    sse_max_clients: int = Field(32, ge=1, le=10_000, description="concurrent /v1/events streams")
+
+    @field_validator("token")
+    @classmethod
+    def _strong(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return v
+        # RFC 6750 §2.1 b64token characters, and long enough not to be guessed.
+        if not re.fullmatch(r"[A-Za-z0-9\-._~+/]+=*", v.get_secret_value()):
+            raise ValueError("must be a bearer token (letters, digits and -._~+/ only)")
+        if len(v.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return v
+
+
 class ShutdownSettings(_Section):
     drain_timeout_s: float = Field(30.0, ge=0)
 
@@ -212,6 +240,7 @@ class Settings(_Section):
     routing: RoutingSettings = RoutingSettings()
     calls: CallSettings = CallSettings()
     http: HttpSettings = HttpSettings()
+    api: ApiSettings = ApiSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
     media: MediaSettings = MediaSettings()
     transfers: TransferSettings = TransferSettings()

@@ -2,7 +2,10 @@
 
 How this works: handlers read the core's plain counters at request time (see metrics.py), so a
 scrape costs the daemon one pass over a few dicts. `/healthz` is 200 while the daemon accepts calls
-and 503 once it is draining, so a load balancer stops sending new calls before shutdown.
+and 503 once it is draining, so a load balancer stops sending new calls before shutdown. The control
+API (b2bua/api/) is mounted on the same app under /v1 by the daemon. The listener's address is
+`http.listen`, 127.0.0.1:9090 by default: loopback, so neither the metrics nor an API without a
+token are reachable from elsewhere unless the operator binds it wider.
 """
 
 from __future__ import annotations

@@ -8,16 +8,35 @@ writes it into every SDP the leg sends (`outgoing`), and bumps the version only 
 without its o= line differs from the one sent before. It also keeps the last SDP the peer sent
 (`incoming`), from which `peer_held` tells whether the peer has put its streams on hold
 (sendonly/inactive, or the RFC 2543 `c=0.0.0.0`), which is what turns the media timeout off.
+
+When the B2BUA itself puts a party on hold (the control API), it re-offers the SDP it last sent that
+leg with another direction (`redirected`, RFC 3264 §8.4: sendrecv becomes sendonly, recvonly becomes
+inactive, and back on resume), under the same o= line with the version bumped; `local_held` tells
+whether the last SDP we sent holds the party. An offer the party refuses leaves the session as it
+was (RFC 3264 §8: a rejected offer changes nothing), so `snapshot`/`restore` put the bookkeeping back.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+from typing import NamedTuple
 
 from rtp_relay.sdp import SdpError, SessionDescription
 
-__all__ = ["LegSdp", "SdpError", "is_sdp"]
+__all__ = ["LegSdp", "SdpError", "SdpSnapshot", "is_sdp"]
+
+# RFC 3264 §8.4: what a stream's direction becomes when we hold it, and when we take it off hold.
+_HOLD = {"sendrecv": "sendonly", "recvonly": "inactive", "sendonly": "sendonly", "inactive": "inactive"}
+_RESUME = {"sendonly": "sendrecv", "inactive": "recvonly", "sendrecv": "sendrecv", "recvonly": "recvonly"}
+
+
+class SdpSnapshot(NamedTuple):
+    """The outgoing half of a `LegSdp` at one moment (see `LegSdp.snapshot`)."""
+
+    version: int
+    local: bytes | None
+    last_content: str | None
 
 
 def is_sdp(content_type: str | None) -> bool:
@@ -62,14 +81,44 @@ class LegSdp:
     @property
     def peer_held(self) -> bool:
         """The peer's last SDP holds every active stream (or has none active)."""
-        if self.remote is None:
-            return False
-        try:
-            sdp = SessionDescription.parse(self.remote)
-        except SdpError:
-            return False
-        active = [i for i, m in enumerate(sdp.media) if not m.disabled]
-        return bool(active) and all(sdp.is_hold(i) for i in active)
+        return _holds(self.remote)
+
+    @property
+    def local_held(self) -> bool:
+        """The last SDP we sent on this leg holds every active stream: the peer is on hold."""
+        return _holds(self.local)
+
+    def redirected(self, hold: bool) -> bytes:
+        """A new offer: the last SDP we sent, every active stream held (`hold`) or resumed, with
+        our o= line and the version bumped when that changed anything. Raises SdpError when we
+        have sent nothing yet. The result becomes `local`, like anything `outgoing` returns."""
+        if self.local is None:
+            raise SdpError("no SDP has been sent on this leg yet")
+        sdp = SessionDescription.parse(self.local)
+        table = _HOLD if hold else _RESUME
+        for i, m in enumerate(sdp.media):
+            if not m.disabled:
+                m.set_direction(table[sdp.direction(i)])  # media level wins over a session-level one
+        return self.outgoing(sdp.serialize())
+
+    def snapshot(self) -> SdpSnapshot:
+        """What `restore` needs to undo the SDP sent after this moment."""
+        return SdpSnapshot(self.version, self.local, self._last_content)
+
+    def restore(self, snapshot: SdpSnapshot) -> None:
+        """The peer refused the offer sent since `snapshot`: the session is as it was before it."""
+        self.version, self.local, self._last_content = snapshot
+
+
+def _holds(body: bytes | None) -> bool:
+    if body is None:
+        return False
+    try:
+        sdp = SessionDescription.parse(body)
+    except SdpError:
+        return False
+    active = [i for i, m in enumerate(sdp.media) if not m.disabled]
+    return bool(active) and all(sdp.is_hold(i) for i in active)
 
 
 def _origin_address(sdp: SessionDescription) -> str:
