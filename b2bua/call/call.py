@@ -28,6 +28,7 @@ from .capabilities import ALLOW
 from .consultation import Consultation, find_consultation
 from .header_policy import HeaderPolicy
 from .leg import Leg, Side
+from .pickup import Pickup
 from .refer import ReferError, ReferRequest, parse_refer, refer_to_with_replaces
 from .replacement import Replacement
 from .sdp_path import SdpPath
@@ -126,7 +127,7 @@ class Call:
         self.started_at = ctx.now()
         # A consultation call whose legs an attended transfer in another call holds: that call.
         self.lent: Call | None = None
-        self.replacement: Replacement | None = None  # an INVITE with Replaces taking one leg's place
+        self.replacement: Replacement | Pickup | None = None  # an INVITE with Replaces taking a leg's place
         self._refer_ids: dict[tuple[tuple[str, str], str], str] = {}  # passthrough: (leg, our id) -> theirs
         self._hangup_while_lent: str | None = None
 
@@ -247,6 +248,11 @@ class Call:
         dialog.confirm(resp)
         self.first_b.dialog = dialog
         self.first_b.early.clear()
+        if self.first_b is not self.b and self.state is CallState.CONFIRMED:
+            # Picked up elsewhere while it rang: this 200 crossed our CANCEL. Take it and end it.
+            self.ack(self.first_b, self.b_invite.cseq.seq, b"")
+            self.release_leg(self.first_b, "Call completed elsewhere")
+            return
         if self.state is CallState.CANCELLING or self.a_answered:
             # The 200 crossed our CANCEL (or the caller is gone): take the call and hang it up.
             self.ack(self.first_b, self.b_invite.cseq.seq, b"")
@@ -331,6 +337,8 @@ class Call:
     def _give_up(self, result: str) -> None:
         self.result = result
         self._cancel_no_answer()
+        if self.replacement is not None:
+            self.replacement.abandon()  # a pickup under way: the caller it would answer is gone
         if self.b.invite_tx is None:
             self.b_final = True  # the relay still prepares the offer: nothing was sent to the callee
         if self.b_final:
@@ -567,8 +575,8 @@ class Call:
         for leg in (self.a, self.b):
             if leg is not from_leg and leg.confirmed:
                 self._send_bye(leg, reason)
-        if not self.b_final and self.b.invite_tx is not None:
-            self.ctx.cancel(self.b.invite_tx)
+        if not self.b_final and self.b_invite_tx is not None:
+            self.ctx.cancel(self.b_invite_tx)
         self._maybe_finish()
 
     def _send_bye(self, leg: Leg, reason: str | None = None) -> None:
@@ -778,12 +786,15 @@ class Call:
         self._finish()
 
     def accept_replacement(self, replaced: Leg, invite: Request, tx: Any, source: Address,
-                           replaces: Replaces) -> Replacement | tuple[int, str]:
+                           replaces: Replaces) -> Replacement | Pickup | tuple[int, str]:
         """An INVITE with Replaces names `replaced`: start replacing it, or say why not."""
         if replaces.early_only and replaced.confirmed:
             return (486, "Busy Here (early-only names a confirmed dialog)")
         if self.ringing() and not replaced.confirmed:
-            return (501, "Not Implemented (call pickup: the named dialog still rings)")
+            if replaced is not self.first_b or self.replacement is not None:
+                return (481, "Call/Transaction Does Not Exist (only the ringing side can be picked up)")
+            self.replacement = Pickup(self, replaced, invite, tx, source)
+            return self.replacement
         if (self.state is not CallState.CONFIRMED or not replaced.confirmed
                 or replaced not in (self.a, self.b) or not self.other(replaced).confirmed):
             return (481, "Call/Transaction Does Not Exist (the named dialog is not in a call)")
@@ -793,7 +804,24 @@ class Call:
         self.replacement = Replacement(self, replaced, invite, tx, source)
         return self.replacement
 
-    def replacement_settled(self, replacement: Replacement) -> None:
+    def picked_up(self, body: bytes) -> None:
+        """A pickup joined the caller to a new party: answer the caller, stop the phone that rang."""
+        self._cancel_no_answer()
+        self.a_answered = True
+        assert self.a.dialog is not None
+        self.a.dialog.state = DialogState.CONFIRMED
+        self.state = CallState.CONFIRMED
+        self.result = "answered"
+        headers = [("Contact", self.ctx.contact_for(self.a.peer)), ("Allow", ALLOW),
+                   ("Content-Type", "application/sdp")]
+        self.ctx.respond(self.a.invite_tx, build_response(
+            self.a_invite, 200, to_tag=self.a.local_tag, headers=headers, body=self.a.sdp.outgoing(body)))
+        if not self.b_final and self.b_invite_tx is not None:
+            self.ctx.cancel(self.b_invite_tx)
+        self.ctx.log_event(self, "call_answered", picked_up=True)
+        self._watch_media(answered=True)
+
+    def replacement_settled(self, replacement: Replacement | Pickup) -> None:
         if self.replacement is replacement and replacement.finished:
             self.replacement = None
 

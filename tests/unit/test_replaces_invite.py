@@ -8,12 +8,12 @@ onto the new caller's media and bob's dialog is released.
 from __future__ import annotations
 
 from b2bua.sip.address import Address
-from b2bua.sip.message import Request
+from b2bua.sip.message import Request, Response
 
 from .test_attended_transfer import answer, reinvites
 from .test_call_media import CALLER_SDP, establish, media_port, relay_ports
-from .test_transfer import wire
-from .wire import CALLER, PBX, SDP, Wire, in_dialog
+from .test_transfer import ROUTES, wire
+from .wire import CALLER, PBX, SDP, Wire, in_dialog, invite, response_to
 
 DAVE_SDP = SDP.replace("m=audio 4000", "m=audio 6200").replace("o=- 1 1", "o=- 88 1")
 
@@ -113,4 +113,71 @@ Max-Forwards: 70""", PBX)
     for dest in (CALLER, PBX):
         for r in w.requests(dest, "BYE"):
             answer(w, r, dest)
+    assert not w.core.calls and w.rtp is not None and not w.rtp.calls
+
+
+def ringing_call(w: Wire) -> tuple[Request, Response]:
+    text, _ = invite()
+    w.inject(text, CALLER, body=CALLER_SDP)
+    [b_inv] = w.requests(PBX, "INVITE")
+    w.inject(response_to(b_inv, 180, "Ringing"), PBX)
+    [ringing] = w.responses(CALLER, 180)
+    return b_inv, ringing
+
+
+def test_pickup_answers_the_caller_and_the_picker_and_cancels_the_phone_that_rang():
+    w = wire()
+    b_inv, _ = ringing_call(w)
+    w.take()
+    invite_with_replaces(w, b_inv)  # names our early dialog with bob (to-tag ours, from-tag bob's)
+    [a_ok] = w.responses(CALLER, 200)
+    [d_ok] = final(w)
+    assert d_ok.status == 200
+    assert media_port(a_ok.body)[1] in relay_ports(w) and media_port(d_ok.body)[1] in relay_ports(w)
+    assert media_port(a_ok.body)[1] != media_port(d_ok.body)[1]
+    cancel = w.requests(PBX, "CANCEL")[0]
+    answer(w, cancel, PBX)
+    w.inject(response_to(b_inv, 487, "Request Terminated"), PBX)
+    w.inject(in_dialog("ACK", a_ok, cseq=1, branch="z9hG4bKpack", from_side_is_to=False))
+    assert len(w.core.calls) == 1 and w.rtp is not None and len(w.rtp.calls) == 1
+    w.take()
+    w.inject(in_dialog("BYE", a_ok, cseq=2, branch="z9hG4bKpbye", from_side_is_to=False))
+    [d_bye] = w.requests(PBX, "BYE")
+    assert d_bye.call_id == "dave-1@127.0.0.1"
+    answer(w, d_bye, PBX)
+    assert not w.core.calls and not w.rtp.calls and not w.core._legs
+    assert w.core.stats.calls["answered"] == 1
+
+
+def test_a_200_that_crosses_the_pickups_cancel_is_taken_and_ended():
+    w = wire()
+    b_inv, _ = ringing_call(w)
+    invite_with_replaces(w, b_inv)
+    w.take()
+    w.inject(response_to(b_inv, 200, "OK", extra="Content-Type: application/sdp"), PBX, body=DAVE_SDP)
+    assert [a.call_id for a in w.requests(PBX, "ACK")] == [b_inv.call_id]
+    [bye] = w.requests(PBX, "BYE")
+    assert bye.call_id == b_inv.call_id
+    answer(w, bye, PBX)
+    assert len(w.core.calls) == 1 and not w.requests(CALLER, "BYE")
+
+
+def test_a_caller_who_cancels_during_the_pickup_leaves_the_picker_480():
+    w = Wire(relay=True, overrides=ROUTES, auto_pump=False)
+    w.pump()  # the first ping: the relay is alive
+    text, _ = invite()
+    w.inject(text, CALLER, body=CALLER_SDP)
+    w.pump()
+    [b_inv] = w.requests(PBX, "INVITE")
+    w.inject(response_to(b_inv, 180, "Ringing"), PBX)
+    w.pump()
+    invite_with_replaces(w, b_inv)  # the relay has not answered yet when the caller gives up
+    w.inject(text.replace("INVITE sip:", "CANCEL sip:", 1).replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL"), CALLER)
+    w.pump()
+    assert [r.status for r in final(w)] == [480]
+    assert 487 in [r.status for r in w.responses(CALLER)]
+    cancel = w.requests(PBX, "CANCEL")[0]
+    answer(w, cancel, PBX)
+    w.inject(response_to(b_inv, 487, "Request Terminated"), PBX)
+    w.pump()
     assert not w.core.calls and w.rtp is not None and not w.rtp.calls
