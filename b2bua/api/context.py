@@ -42,7 +42,14 @@ class ApiContext:
 
     def on_core_event(self, call: Call, event: str, fields: dict[str, Any]) -> None:
         try:
-            self.hub.publish(self.registry.id_of(call), call.call_id, event, dict(fields))
+            if event == "call_ended" or call in self.core.calls:
+                api_id = self.registry.id_of(call)
+            else:
+                known = self.registry.known_id(call)
+                if known is None:
+                    return  # an echo after the call's end (a late timer): the call is gone for the API
+                api_id = known
+            self.hub.publish(api_id, call.call_id, event, dict(fields))
             self.registry.on_event(call, event, fields)
         except Exception as exc:  # a listener must never raise into the core
             self.on_bug(exc, "api_listener")

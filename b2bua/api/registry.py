@@ -50,6 +50,11 @@ class CallRegistry:
     def id_of(self, call: Call) -> str:
         return self.entry(call).id
 
+    def known_id(self, call: Call) -> str | None:
+        """The id `call` has, without giving it one."""
+        entry = self._entries.get(call)
+        return entry.id if entry is not None else None
+
     def find(self, call_id: str) -> Call | None:
         """The live call with API id `call_id`."""
         call = self._by_id.get(call_id)

@@ -3,7 +3,9 @@
 How this works: the models are pydantic, like the request bodies, so the OpenAPI document takes
 their JSON Schema from the same classes the responses are built with and cannot drift from them.
 `call_view` reads only public state of a `Call` and its two bridged legs (a third leg that a
-transfer is ringing is not shown; `transfer_in_progress` says one is under way). Times are UTC.
+transfer is ringing is not shown; `transfer_in_progress` says one is under way: a transfer of this
+call, this call lent to an attended transfer, or an INVITE with Replaces taking one of its legs).
+Times are UTC.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..call.call import Call
+from ..call.hold import transfer_under_way
 from ..call.leg import Leg
 from ..sip.headers import HeaderError, NameAddr, parse_name_addr
 from ..sip.uri import UriError
@@ -110,5 +113,5 @@ def call_view(call: Call, entry: Entry) -> CallView:
         "callee": _party(invite.to),
         "legs": [leg_view(call.a), leg_view(call.b)],
         "media_relay": getattr(relay, "name", None),
-        "transfer_in_progress": call.transfer is not None,
+        "transfer_in_progress": transfer_under_way(call),
     })

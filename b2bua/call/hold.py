@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..media.leg_sdp import SdpError, SdpSnapshot
+from ..media.leg_sdp import SdpError, SdpSnapshot, is_sdp
 from ..sip.message import Response
 from .call import Call, CallState
 from .leg import Leg
@@ -51,6 +51,11 @@ class HoldOutcome:
         return self.result is HoldResult.DONE
 
 
+def transfer_under_way(call: Call) -> bool:
+    """A transfer of this call, a consultation call lent to one, or an INVITE with Replaces taking a leg."""
+    return call.transfer is not None or call.lent is not None or call.replacement is not None
+
+
 def refusal(call: Call, leg: Leg, hold: bool) -> str | None:
     """Why `leg` (one of the call's two bridged legs) cannot be held (or resumed) now; None if it can."""
     party = f"party {leg.label}"
@@ -60,7 +65,7 @@ def refusal(call: Call, leg: Leg, hold: bool) -> str | None:
         return f"{party} is no longer in the call"
     if not leg.confirmed:
         return f"{party}'s dialog is not confirmed"
-    if call.transfer is not None:
+    if transfer_under_way(call):
         return "a transfer is in progress"
     if call.a.reinvite_pending or call.b.reinvite_pending:
         return "a re-INVITE is pending on this call"
@@ -122,7 +127,7 @@ class HoldReinvite:
             self._dialog_gone("no answer to a hold re-INVITE")
             return
         if resp.is_success:
-            if resp.body:
+            if resp.body and is_sdp(resp.headers.get("Content-Type")):
                 self.leg.sdp.incoming(resp.body)
             self.call.ctx.log_event(self.call, "party_held" if self.hold else "party_resumed", side=self.leg.label)
             self._finish(HoldOutcome(HoldResult.DONE, "ok", resp.status))
@@ -152,7 +157,7 @@ class HoldReinvite:
         if self._finished:
             return
         self._finished = True
-        if not outcome.ok:
+        if not outcome.ok and self.call.state is not CallState.ENDED:
             self.call.ctx.log_event(self.call, f"{self.action}_failed", side=self.leg.label,
                                     status=outcome.status, reason=outcome.reason)
         self._done(outcome)

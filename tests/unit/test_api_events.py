@@ -211,3 +211,16 @@ def test_hub_drops_a_full_client_and_frees_its_queue():
         assert not hub.clients
     run(scenario)
 
+
+
+def test_nothing_is_told_of_a_call_after_its_end():
+    async def scenario() -> None:
+        w = Wire()
+        async with served(w) as api:
+            a200, _, _ = establish(w)
+            [call] = w.core.calls
+            hang_up_by_caller(w, a200)
+            seq = api.ctx.hub.seq
+            api.ctx.on_core_event(call, "hold_failed", {"reason": "a late timer"})
+            assert api.ctx.hub.seq == seq and len(api.ctx.registry) == 0
+    run(scenario)

@@ -211,9 +211,10 @@ def test_refusals():
     a200, _, _ = establish(w)
     call = _call(w)
     assert refusal(call, call.a, True) is None
-    call.transfer = object()  # type: ignore[assignment]
-    assert refusal(call, call.b, True) == "a transfer is in progress"
-    call.transfer = None
+    for busy in ("transfer", "lent", "replacement"):  # a transfer, an attended one's consultation, Replaces
+        setattr(call, busy, object())
+        assert refusal(call, call.b, True) == "a transfer is in progress", busy
+        setattr(call, busy, None)
     # The caller's own re-INVITE is under way (relayed to the callee, unanswered).
     w.inject(in_dialog("INVITE", a200, cseq=2, branch="z9hG4bKre", from_side_is_to=False,
                        extra="Content-Type: application/sdp\nContact: <sip:alice@127.0.0.1:5070>"), body=SDP)
