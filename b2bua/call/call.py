@@ -30,7 +30,7 @@ from .header_policy import HeaderPolicy
 from .leg import Leg, Side
 from .pickup import Pickup
 from .refer import ReferError, ReferRequest, parse_refer, refer_to_with_replaces
-from .replacement import Replacement
+from .replacement import Replacement, ReplacingInvite
 from .sdp_path import SdpPath
 from .transfer import Transfer, TransferState
 
@@ -127,7 +127,7 @@ class Call:
         self.started_at = ctx.now()
         # A consultation call whose legs an attended transfer in another call holds: that call.
         self.lent: Call | None = None
-        self.replacement: Replacement | Pickup | None = None  # an INVITE with Replaces taking a leg's place
+        self.replacement: ReplacingInvite | None = None  # an INVITE with Replaces taking a leg's place
         self._refer_ids: dict[tuple[tuple[str, str], str], str] = {}  # passthrough: (leg, our id) -> theirs
         self._hangup_while_lent: str | None = None
 
@@ -821,7 +821,7 @@ class Call:
         self.ctx.log_event(self, "call_answered", picked_up=True)
         self._watch_media(answered=True)
 
-    def replacement_settled(self, replacement: Replacement | Pickup) -> None:
+    def replacement_settled(self, replacement: ReplacingInvite) -> None:
         if self.replacement is replacement and replacement.finished:
             self.replacement = None
 

@@ -22,32 +22,21 @@ from typing import TYPE_CHECKING, Any
 
 from ..media.answer import SdpError, answer_with
 from ..sip.address import Address
-from ..sip.dialog import Dialog, DialogState
-from ..sip.message import Request, build_response
-from .capabilities import ALLOW
+from ..sip.message import Request
 from .leg import Leg, Side
+from .replacement import ReplacingInvite
 
 if TYPE_CHECKING:
     from .call import Call
 
 
-class Pickup:
-    def __init__(self, call: Call, ringing: Leg, invite: Request, tx: Any, source: Address) -> None:
-        self.call = call
-        self.ctx = call.ctx
-        self.ringing = ringing
-        self.invite = invite
-        self.tx = tx
-        self.leg = Leg(call, Side.B, invite.call_id, self.ctx.new_tag(), source)
-        self.leg.invite_tx = tx
-        self.leg.dialog = Dialog.from_request(invite, self.leg.local_tag)
-        self.media = self.ctx.new_media(call, self.ctx.new_call_id())
-        self.done = False
-        self._toward_picker = b""  # the relay's SDP facing the picker (the caller's media)
+class Pickup(ReplacingInvite):
+    kind = "pickup"
 
-    @property
-    def finished(self) -> bool:
-        return self.done
+    def __init__(self, call: Call, ringing: Leg, invite: Request, tx: Any, source: Address) -> None:
+        super().__init__(call, invite, tx, source, Side.B)
+        self.ringing = ringing
+        self._toward_picker = b""  # the relay's SDP facing the picker (the caller's media)
 
     def start(self) -> None:
         self.call.add_leg(self.leg)
@@ -83,33 +72,9 @@ class Pickup:
         if not self.call.ringing():
             self._refuse(480, "Temporarily Unavailable (the call is no longer ringing)")
             return
-        self.done = True
-        assert self.leg.dialog is not None
-        self.leg.dialog.state = DialogState.CONFIRMED
-        self.ctx.respond(self.tx, build_response(self.invite, 200, to_tag=self.leg.local_tag, headers=[
-            ("Contact", self.ctx.contact_for(self.leg.peer)), ("Allow", ALLOW),
-            ("Content-Type", "application/sdp")], body=self.leg.sdp.outgoing(to_picker)))
+        self._answer(to_picker)
         old_media = self.call.swap_leg(self.ringing, self.leg, self.media)
         old_media.delete()
         self.call.picked_up(to_caller)
         self.ctx.log_event(self.call, "pickup_completed", new_call_id=self.invite.call_id)
-        self.call.replacement_settled(self)
-
-    # -- the caller gives up, the picker cancels, or the call ends ---------------------------------
-
-    def cancelled(self) -> None:
-        self._refuse(487, None)
-
-    def abandon(self) -> None:
-        self._refuse(480, "Temporarily Unavailable (the call ended)")
-
-    def _refuse(self, status: int, reason: str | None) -> None:
-        if self.done:
-            return
-        self.done = True
-        self.media.delete()
-        assert self.leg.dialog is not None
-        self.leg.dialog.state = DialogState.TERMINATED
-        self.ctx.respond(self.tx, build_response(self.invite, status, reason, to_tag=self.leg.local_tag))
-        self.ctx.log_event(self.call, "pickup_refused", status=status, reason=reason or "")
         self.call.replacement_settled(self)

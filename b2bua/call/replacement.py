@@ -37,19 +37,62 @@ GLARE_RETRIES = 3
 GLARE_DELAY_S = 2.1  # RFC 3261 §14.1, as for transfers
 
 
-class Replacement:
-    def __init__(self, call: Call, replaced: Leg, invite: Request, tx: Any, source: Address) -> None:
+class ReplacingInvite:
+    """What an INVITE that takes a leg's place (Replacement, Pickup) needs: the new caller's own leg
+    (we are its UAS), a new relay session, and one final answer to its INVITE, however it ends."""
+
+    kind = "replace"  # names its log events: replace_refused, pickup_refused
+
+    def __init__(self, call: Call, invite: Request, tx: Any, source: Address, side: Side) -> None:
         self.call = call
         self.ctx = call.ctx
-        self.replaced = replaced
-        self.staying = call.other(replaced)
         self.invite = invite
         self.tx = tx
-        self.leg = Leg(call, Side.A, invite.call_id, self.ctx.new_tag(), source)
+        self.leg = Leg(call, side, invite.call_id, self.ctx.new_tag(), source)
         self.leg.invite_tx = tx
         self.leg.dialog = Dialog.from_request(invite, self.leg.local_tag)
         self.media = self.ctx.new_media(call, self.ctx.new_call_id())
         self.done = False  # the new caller's INVITE has its final response
+
+    @property
+    def finished(self) -> bool:
+        return self.done
+
+    def _answer(self, body: bytes) -> None:
+        """200 to the new caller with `body` (relay SDP) under its leg's own o= line."""
+        self.done = True
+        assert self.leg.dialog is not None
+        self.leg.dialog.state = DialogState.CONFIRMED
+        headers = [("Contact", self.ctx.contact_for(self.leg.peer)), ("Allow", ALLOW),
+                   ("Content-Type", "application/sdp")]
+        self.ctx.respond(self.tx, build_response(self.invite, 200, to_tag=self.leg.local_tag, headers=headers,
+                                                 body=self.leg.sdp.outgoing(body)))
+
+    def cancelled(self) -> None:
+        """CANCEL matched the new caller's INVITE (the core answered the CANCEL)."""
+        self._refuse(487, None)
+
+    def abandon(self) -> None:
+        """The call is ending (or its caller gave up): nobody is left to join."""
+        self._refuse(480, "Temporarily Unavailable (the call ended)")
+
+    def _refuse(self, status: int, reason: str | None) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.media.delete()
+        assert self.leg.dialog is not None
+        self.leg.dialog.state = DialogState.TERMINATED
+        self.ctx.respond(self.tx, build_response(self.invite, status, reason, to_tag=self.leg.local_tag))
+        self.ctx.log_event(self.call, f"{self.kind}_refused", status=status, reason=reason or "")
+        self.call.replacement_settled(self)
+
+
+class Replacement(ReplacingInvite):
+    def __init__(self, call: Call, replaced: Leg, invite: Request, tx: Any, source: Address) -> None:
+        super().__init__(call, invite, tx, source, Side.A)
+        self.replaced = replaced
+        self.staying = call.other(replaced)
         self.moved = False  # the staying party accepted the new session
         self._offer = b""
         self._pending: Any = None  # our re-INVITE to the staying party, until its final response
@@ -125,36 +168,9 @@ class Replacement:
             self._refuse(503, "Service Unavailable (media relay failed)")
             self.call.hangup(reason=f"media relay failed: {error}")
             return
-        self.done = True
-        assert self.leg.dialog is not None
-        self.leg.dialog.state = DialogState.CONFIRMED
-        headers = [("Contact", self.ctx.contact_for(self.leg.peer)), ("Allow", ALLOW),
-                   ("Content-Type", "application/sdp")]
-        self.ctx.respond(self.tx, build_response(self.invite, 200, to_tag=self.leg.local_tag, headers=headers,
-                                                 body=self.leg.sdp.outgoing(body)))
+        self._answer(body)
         old_media = self.call.swap_leg(self.replaced, self.leg, self.media)
         old_media.delete()
         self.call.release_leg_if_up(self.replaced, "replaced")
         self.ctx.log_event(self.call, "replace_completed", new_call_id=self.invite.call_id)
-        self.call.replacement_settled(self)
-
-    # -- the new caller gives up, or the call ends -------------------------------------------------
-
-    def cancelled(self) -> None:
-        """CANCEL matched the new caller's INVITE (the core answered the CANCEL)."""
-        self._refuse(487, None)
-
-    def abandon(self) -> None:
-        """The call is ending: whatever the staying party answers now, nobody is bridged."""
-        self._refuse(480, "Temporarily Unavailable (the call ended)")
-
-    def _refuse(self, status: int, reason: str | None) -> None:
-        if self.done:
-            return
-        self.done = True
-        self.media.delete()
-        assert self.leg.dialog is not None
-        self.leg.dialog.state = DialogState.TERMINATED
-        self.ctx.respond(self.tx, build_response(self.invite, status, reason, to_tag=self.leg.local_tag))
-        self.ctx.log_event(self.call, "replace_refused", status=status, reason=reason or "")
         self.call.replacement_settled(self)
