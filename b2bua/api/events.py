@@ -50,6 +50,8 @@ class EventHub:
 
     def publish(self, call: str, sip_call_id: str, event: str, fields: dict[str, Any]) -> None:
         self.seq += 1
+        if not self.clients:
+            return  # nobody listens: the core pays only this
         data = {"seq": self.seq, "time": datetime.fromtimestamp(self._wall(), UTC).isoformat().replace("+00:00", "Z"),
                 "event": event, "call": call, "sip_call_id": sip_call_id, "fields": fields}
         frame = f"id: {self.seq}\nevent: {event}\ndata: {json.dumps(data, default=str)}\n\n".encode()
