@@ -240,12 +240,14 @@ class Core:
             call.on_response(leg, tx, response)
 
     def _release_orphan_answer(self, tx: Any, response: Response) -> None:
-        """A 2xx to an INVITE whose call has ended (a late fork): ACK it and hang it up."""
+        """A 2xx to an INVITE whose call has ended: ACK it, and hang up a late fork of an initial
+        INVITE (a re-INVITE's dialog was ended by the call's own BYE: only the ACK is due)."""
         ack, bye, dest = release_requests(tx.request, response, tx.dest)
         self.stats.requests_out["ACK"] += 1
         self.tl.send_ack(ack, dest)
-        self.stats.requests_out["BYE"] += 1
-        self.tl.send_request(bye, dest)
+        if tx.request.to_tag is None:
+            self.stats.requests_out["BYE"] += 1
+            self.tl.send_request(bye, dest)
 
     def on_stray_response(self, response: Response, source: Address) -> None:
         # A 2xx to our INVITE retransmitted after its transaction ended: repeat the ACK (§13.2.2.4).

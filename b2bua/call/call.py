@@ -115,7 +115,8 @@ class Call:
         self._byes: set[Any] = set()
         self._ack_wait: dict[Leg, tuple[Leg, int]] = {}  # leg whose ACK we await -> (leg to ACK, cseq)
         self._no_answer_timer: Any = None
-        self._released_forks: dict[str, tuple[Request, Address]] = {}  # to-tag -> the ACK we sent it
+        # (Call-ID, to-tag) of a fork we released -> the ACK we sent it
+        self._released_forks: dict[tuple[str, str], tuple[Request, Address]] = {}
         self.media = ctx.new_media(self, self.b.call_id)
         self.sdp = SdpPath(self.media)
         self._media_timer: Any = None
@@ -284,15 +285,19 @@ class Call:
 
     def _reject_fork(self, resp: Response) -> None:
         assert self.b_invite is not None
+        self.reject_fork(self.first_b, self.b_invite, resp)
+
+    def reject_fork(self, leg: Leg, invite: Request, resp: Response) -> None:
+        """A 2xx from a second fork of `invite` (ours, on `leg`): ACK it and end that dialog."""
         tag = resp.to_tag or ""
-        released = self._released_forks.get(tag)
+        released = self._released_forks.get((invite.call_id, tag))
         if released is not None:
-            self.ctx.send_ack(self.first_b, *released)  # its 2xx again: our ACK was lost; BYE is under way
+            self.ctx.send_ack(leg, *released)  # its 2xx again: our ACK was lost; BYE is under way
             return
-        ack, bye, dest = release_requests(self.b_invite, resp, self.first_b.peer)
-        self._released_forks[tag] = (ack, dest)
-        self.ctx.send_ack(self.first_b, ack, dest)
-        self._byes.add(self.ctx.send_request(self.first_b, bye, dest))
+        ack, bye, dest = release_requests(invite, resp, leg.peer)
+        self._released_forks[(invite.call_id, tag)] = (ack, dest)
+        self.ctx.send_ack(leg, ack, dest)
+        self._byes.add(self.ctx.send_request(leg, bye, dest))
 
     def _on_b_failure(self, resp: Response) -> None:
         self.b_final = True
@@ -393,7 +398,12 @@ class Call:
             self.ctx.respond(tx, build_response(req, 491 if method == "INVITE" else 500, None,
                                                 headers=[("Retry-After", "1")]))
             return
-        if method == "INVITE" and (leg.reinvite_pending or other.reinvite_pending or self.replacement is not None):
+        moving = self.replacement is not None or (self.transfer is not None and self.transfer.moving)
+        if method in TARGET_REFRESH and moving:
+            # The legs are being re-bridged: an offer relayed now would land on the wrong session.
+            self.ctx.respond(tx, build_response(req, 491, headers=[("Retry-After", "2")]))
+            return
+        if method == "INVITE" and (leg.reinvite_pending or other.reinvite_pending):
             self.ctx.respond(tx, build_response(req, 491))  # RFC 3261 §14.2: glare
             return
         mf = req.max_forwards
@@ -494,6 +504,9 @@ class Call:
         if resp.status == 100:
             return
         method = tx.request.method
+        if resp.status >= 200 and (leg not in (self.a, self.b) or from_leg not in (self.a, self.b)):
+            self._relay_stale(leg, tx, stx, resp)
+            return
         if resp.status >= 200:
             self._relays[tx] = None  # answered; kept to recognise 2xx retransmissions
             if method == "INVITE":
@@ -524,6 +537,19 @@ class Call:
         if resp.status in (408, 481) and self.state is CallState.CONFIRMED:
             # RFC 3261 §12.2.1.2: the dialog is gone on that side; end the call on both.
             self.hangup(reason=f"{resp.status} to in-dialog {method}")
+
+    def _relay_stale(self, leg: Leg, tx: Any, stx: Any, resp: Response) -> None:
+        """The final answer to a request relayed before a transfer re-bridged the call: one of its
+        legs has left. ACK a 2xx to INVITE; tell the sender the request failed, SDP never crosses."""
+        self._relays[tx] = None
+        method = tx.request.method
+        if method == "INVITE":
+            leg.reinvite_pending = False
+            if resp.is_success:
+                self.ack(leg, tx.request.cseq.seq, b"")
+        status = resp.status if not resp.is_success else 500
+        reason = resp.reason if not resp.is_success else "Server Internal Error (the call was transferred meanwhile)"
+        self.ctx.respond(stx, build_response(stx.request, status, reason))
 
     def on_timeout(self, leg: Leg, tx: Any, transport_error: bool = False) -> None:
         """A request this call sent got no final response (Timer B/F) or hit a transport error."""
@@ -627,6 +653,8 @@ class Call:
                 raise _Refused(403, "Forbidden (no transfer before the call is answered)")
             if self.transfer is not None or self.lent is not None or self.replacement is not None:
                 raise _Refused(491, "Request Pending (a transfer is in progress)")
+            if self.a.reinvite_pending or self.b.reinvite_pending:
+                raise _Refused(491, "Request Pending (a re-INVITE is in progress)")
             if not ctx.refer_allowed(leg):
                 raise _Refused(403, "Forbidden (too many REFERs in this dialog)")
             refer = parse_refer(req)
@@ -741,6 +769,12 @@ class Call:
         """A leg lent by a consultation call goes back to it."""
         if leg in self._extra_legs:
             self._extra_legs.remove(leg)
+
+    def busy(self) -> bool:
+        """Something is under way that lending our legs to a transfer would break."""
+        return (self.transfer is not None or self.lent is not None or self.replacement is not None
+                or self.a.reinvite_pending or self.b.reinvite_pending
+                or any(pair is not None for pair in self._relays.values()))
 
     def ringing(self) -> bool:
         """The callee has not answered and the caller has not given up."""

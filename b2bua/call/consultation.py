@@ -12,7 +12,8 @@ target again. It refuses (status, reason) what must not be replaced:
   B2BUA's level a party is a signalling peer (a phone, or the PBX that fronts many), so the named
   leg must face the host the REFER came from; the 48 random bits of our tag already make the
   identifiers unguessable, this stops one peer from using identifiers it learnt from another;
-- the dialog the REFER itself arrived on, or a call already busy with a transfer (491);
+- the dialog the REFER itself arrived on; a call busy with a transfer, a replacement, a re-INVITE or
+  any request still waiting for its answer across the legs (491: lending the legs would strand it);
 - `early-only` naming a confirmed dialog (486, as RFC 3891 §3 has for INVITE);
 - an early dialog the transferor did not place (it rings at the transferor: 501, not supported).
 A Replaces that names no dialog of ours returns None: the caller decides (policy `any` sends the
@@ -85,8 +86,8 @@ def find_consultation(lookup: Lookup, requester: Leg, replaces: Replaces) -> Con
         return (403, "Forbidden (Replaces names the dialog of the call being transferred)")
     if not same_peer(named, requester):
         return (403, "Forbidden (Replaces names a dialog of another party)")
-    if call.transfer is not None or call.lent:
-        return (491, "Request Pending (the consultation call is busy with a transfer)")
+    if call.busy():
+        return (491, "Request Pending (the consultation call is busy: a transfer or a re-INVITE)")
     if call.state_is_confirmed():
         if replaces.early_only:
             return (486, "Busy Here (early-only names a confirmed dialog)")
@@ -94,6 +95,9 @@ def find_consultation(lookup: Lookup, requester: Leg, replaces: Replaces) -> Con
             return (481, "Call/Transaction Does Not Exist (the consultation call is ending)")
         return Consultation(call, named, call.other(named), early=False)
     if call.ringing() and named is call.a:
+        if call.b_invite is None or not call.b_invite.body:
+            # The target's 200 would carry the offer and our ACK the answer: not done (yet).
+            return (501, "Not Implemented (early completion of a call placed without an SDP offer)")
         return Consultation(call, named, call.first_b, early=True)
     if call.ringing():
         return (501, "Not Implemented (Replaces names a call that rings at the transferor)")

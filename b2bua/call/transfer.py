@@ -101,6 +101,12 @@ class Transfer:
                 and (self.invite_tx is None or self.invite_final) and self._target_reinvite is None)
 
     @property
+    def moving(self) -> bool:
+        """The legs are being re-bridged (an offer relayed now would land on the wrong session)."""
+        return self.state is TransferState.BRIDGING or (
+            self.state is TransferState.CALLING and self.kind != "blind" and self.target.confirmed)
+
+    @property
     def lent_legs(self) -> tuple[Leg, ...]:
         """The consultation call's legs while this transfer holds them (attended)."""
         c = self.consultation
@@ -245,7 +251,10 @@ class Transfer:
     def _on_target_answered(self, resp: Response) -> None:
         assert self.invite is not None
         if self.target.dialog is not None:
-            self.call.resend_ack(self.target, resp)  # a retransmitted 2xx: our ACK was lost
+            if resp.to_tag == self.target.dialog.remote_tag:
+                self.call.resend_ack(self.target, resp)  # a retransmitted 2xx: our ACK was lost
+            else:
+                self.call.reject_fork(self.target, self.invite, resp)  # a second fork answered too
             return
         self.invite_final = True
         self._cancel_ring_timer()
@@ -329,7 +338,10 @@ class Transfer:
 
         If the target took the new media, the consultation call cannot simply resume: end it."""
         moved = resp is not None and resp.is_success
-        self._return_consultation(hang_up=moved)
+        if self.lent_legs:
+            self._return_consultation(hang_up=moved)
+        else:
+            self._release_unbridged_target()  # early completion: the target is ours alone
         self.call.transfer_settled(self)
 
     # -- re-bridging -------------------------------------------------------------------------------
@@ -348,6 +360,9 @@ class Transfer:
             return
         if body is None:
             self._bridge_failed(f"media relay: {error}")
+            return
+        if not self.target.confirmed:
+            self._bridge_failed("the target hung up")
             return
         call = self.call
         c = self.consultation
@@ -448,10 +463,17 @@ class Transfer:
         self._report("abandoned")
         if calling and self.invite_tx is not None and not self.invite_final:
             self.ctx.cancel(self.invite_tx)
-        elif self.lent_legs and self._target_reinvite is None:
-            self._return_consultation(hang_up=False)  # the relay had not even answered yet
-        elif not calling and self.target.confirmed and self.target not in (self.call.a, self.call.b):
-            self.call.release_leg(self.target, "transfer abandoned")  # answered; bridging had begun
+        elif self._target_reinvite is not None:
+            pass  # its answer decides (_abandoned_target_answered)
+        elif self.lent_legs:
+            # Still on the consultation's media (CALLING), or already moved to ours (BRIDGING).
+            self._return_consultation(hang_up=not calling)
+        else:
+            self._release_unbridged_target()
+
+    def _release_unbridged_target(self) -> None:
+        if self.target.confirmed and self.target not in (self.call.a, self.call.b):
+            self.call.release_leg(self.target, "transfer abandoned")
 
     def transferor_left(self) -> None:
         """The transferor sent BYE after the 202 (some phones do within 300 ms): go on without it."""
