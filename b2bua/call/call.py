@@ -17,6 +17,7 @@ timed out, or the B leg's INVITE finally answered after a CANCEL; only then is i
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..sip.address import Address
@@ -29,7 +30,7 @@ from .consultation import Consultation, find_consultation
 from .header_policy import HeaderPolicy
 from .leg import Leg, Side
 from .pickup import Pickup
-from .refer import ReferError, ReferRequest, parse_refer, refer_to_with_replaces
+from .refer import ReferError, ReferRequest, parse_refer, parse_sipfrag, refer_to_with_replaces
 from .replacement import Replacement, ReplacingInvite
 from .sdp_path import SdpPath
 from .transfer import Transfer, TransferState
@@ -129,7 +130,8 @@ class Call:
         # A consultation call whose legs an attended transfer in another call holds: that call.
         self.lent: Call | None = None
         self.replacement: ReplacingInvite | None = None  # an INVITE with Replaces taking a leg's place
-        self._refer_ids: dict[tuple[tuple[str, str], str], str] = {}  # passthrough: (leg, our id) -> theirs
+        # passthrough: (leg, our REFER's CSeq) -> the REFER we relayed (the id the transferor knows, ...)
+        self._relayed_refers: dict[tuple[tuple[str, str], str], RelayedRefer] = {}
         self._hangup_while_lent: str | None = None
 
     @property
@@ -455,11 +457,23 @@ class Call:
             for param in params.split(";") if params else []:
                 name, _, value = param.strip().partition("=")
                 if name.lower() == "id":
-                    value = self._refer_ids.get((leg.key, value.strip()), value.strip())
-                    param = f"id={value}"
+                    relayed = self._relayed_refers.get((leg.key, value.strip()))
+                    if relayed is not None:
+                        self._refer_progress(relayed, req)
+                        value = relayed.their_id
+                    param = f"id={value.strip()}"
                 kept.append(param.strip())
             out.append(("Event", ";".join([package.strip(), *kept])))
         return out
+
+    def _refer_progress(self, relayed: RelayedRefer, notify: Request) -> None:
+        """A relayed refer's final NOTIFY counts the passthrough transfer (by the target's status)."""
+        frag = parse_sipfrag(notify.body) if notify.body else None
+        if relayed.reported or frag is None or frag[0] < 200:
+            return
+        relayed.reported = True
+        result = "completed" if frag[0] < 300 else "failed"
+        self.ctx.transfer_ended(self, relayed.kind, result, self.ctx.now() - relayed.started_at)
 
     def on_ack(self, leg: Leg, ack: Request) -> None:
         waiting = self._ack_wait.pop(leg, None)
@@ -725,7 +739,8 @@ class Call:
         ctx_tx = ctx.send_request(other, out, other.destination())
         self._relays[ctx_tx] = (tx, leg)
         # The other party's NOTIFYs name our REFER's CSeq in Event's id; the transferor expects its own.
-        self._refer_ids[(other.key, str(out.cseq.seq))] = str(req.cseq.seq)
+        kind = "blind" if refer.replaces is None else "attended"
+        self._relayed_refers[(other.key, str(out.cseq.seq))] = RelayedRefer(str(req.cseq.seq), kind, ctx.now())
         ctx.log_event(self, "refer_relayed", side=leg.label, attended=refer.replaces is not None)
         return True
 
@@ -1007,6 +1022,16 @@ class Call:
 
     def transactions(self) -> list[Any]:
         return [*self._relays, *self._byes]
+
+
+@dataclass
+class RelayedRefer:
+    """A REFER relayed in passthrough mode, as the NOTIFYs that answer it need it."""
+
+    their_id: str  # the transferor's REFER CSeq: the id its NOTIFYs must carry
+    kind: str  # blind or attended, for the transfer metrics
+    started_at: float
+    reported: bool = False
 
 
 class _Refused(Exception):

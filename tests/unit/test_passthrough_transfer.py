@@ -73,6 +73,9 @@ def test_a_blind_refer_is_relayed_and_its_notifies_come_back_translated():
     assert notify.body == b"SIP/2.0 100 Trying\r\n"
     w.inject(response_to(notify, 200, "OK", to_tag=None), PBX)
     assert [r.status for r in w.responses(ALICE) if r.cseq.method == "NOTIFY"] == [200]
+    assert not w.core.stats.transfers
+    alice_notifies(w, refer, 3, "SIP/2.0 486 Busy Here\r\n", "terminated;reason=noresource")
+    assert w.core.stats.transfers[("blind", "failed")] == 1  # counted from the final sipfrag
     # alice calls carol through us, as a new call routed like any other.
     text, _ = invite(user="carol")
     w.inject(text, ALICE, body=CALLER_SDP)
