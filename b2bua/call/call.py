@@ -946,7 +946,8 @@ class Call:
 
     @property
     def on_hold(self) -> bool:
-        return self.a.sdp.peer_held or self.b.sdp.peer_held
+        """A party put the call on hold, or the B2BUA held a party (control API): silence is expected."""
+        return any(leg.sdp.peer_held or leg.sdp.local_held for leg in (self.a, self.b))
 
     def _watch_media(self, answered: bool = False) -> None:
         if self.media.active and self.ctx.media_timeout > 0:
