@@ -1,0 +1,446 @@
+"""Attended, supervised and early-completion transfers (REFER with Replaces), end to end.
+
+Three SIPp agents per test (``harness.run_sipp_trio``) and the real daemon: alice (the transferee),
+bob (the transferor) and carol (the target, a UAS on a port of its own that the daemon reaches
+through a ``routing.rules`` entry). bob is the callee of call 1 (the UAS at the daemon's next hop)
+or its caller (the UAC, and alice is then the UAS).
+
+bob's two dialogs are played by ONE SIPp agent: SIPp matches messages to a scenario call by Call-ID
+only, so bob's consultation INVITE to carol reuses the Call-ID of his SIPp call with a new From tag
+and no To tag. To the daemon that is a new dialog, and a new call, whose leg toward carol gets a
+Call-ID of the daemon's own (a real phone would pick a fresh Call-ID; the daemon does not care).
+bob's REFER on call 1 then names the consultation dialog in ``Refer-To: <sip:carol@...?Replaces=
+CALLID%3Bto-tag%3DTAG%3Bfrom-tag%3DBOBTAG>`` (CALLID with '@' escaped as %40, TAG the daemon's tag
+from its 200 (or 180) to bob, BOBTAG bob's consultation From tag).
+
+Each party's scenario checks what it receives (the sipfrags and Subscription-State of the NOTIFYs,
+the direction attributes and x-party markers of every SDP, the Reasons of the BYEs); the tests
+add what one scenario cannot see (which of bob's dialogs each BYE ended, which relay ports each
+party was given, that the RTP alice and carol play after the transfer reaches the other through
+the relay, and nothing reaches bob), and the daemon's counters. The ``rig`` teardown (that of
+conftest's ``start_daemon``) checks that no exception escaped and no call is left over.
+
+The scenarios play pcap files (SIPp's play_pcap_audio) and a sniffer counts RTP on ``lo``: both
+need root or CAP_NET_RAW, as in test_media.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import re
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from . import rtp
+from .harness import Daemon, DaemonError, Metrics, TracedMessage, TrioResult, free_port, run_sipp_trio, traced_messages
+
+pytestmark = pytest.mark.sipp
+
+# What alice (the transferee) and carol (the target) play once the transfer is done.
+AFTER_TRANSFER = rtp.ScenarioMedia(uac=("rtp_a3.pcap",), uas=("rtp_b3.pcap",))
+BIND_ATTEMPTS = 3
+
+
+@pytest.fixture(autouse=True)
+def _needs_raw_sockets() -> None:
+    if not rtp.raw_sockets_available():
+        pytest.skip("SIPp's pcap player and the loopback sniffer need root or CAP_NET_RAW")
+
+
+@dataclasses.dataclass
+class Rig:
+    daemon: Daemon
+    target_port: int
+    workdir: Path
+
+    def run(self, target: str, uas: str, uac: str, **kwargs) -> TrioResult:
+        return run_sipp_trio(self.daemon, target, uas, uac, self.workdir, target_port=self.target_port, **kwargs)
+
+    def events(self) -> list[dict]:
+        """The daemon's JSON log lines (one object per line on stdout)."""
+        out = []
+        for line in self.daemon.stdout_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    out.append(json.loads(line))
+        return out
+
+    def event_names(self) -> list[str]:
+        return [e.get("event", "") for e in self.events()]
+
+
+@pytest.fixture
+def rig(tmp_path: Path, needs_daemon) -> Iterator[Callable[..., Rig]]:
+    """``rig(extra_toml)``: a daemon routing "carol" to the target agent's port.
+
+    As conftest's ``start_daemon`` (the same teardown checks: no escaped exception, no call left,
+    a clean exit on SIGTERM), except that a daemon that could not bind the port the harness found
+    free for it (another process on this machine took it in between) is started again on new ports.
+    """
+    daemons: list[Daemon] = []
+
+    def make(extra: str = "") -> Rig:
+        for attempt in range(BIND_ATTEMPTS):
+            target_port = free_port()
+            config = tmp_path / "b2bua.toml"
+            config.write_text(
+                f'[routing]\nrules = [{{user_prefix = "carol", next_hop = "127.0.0.1:{target_port}"}}]\n' + extra
+            )
+            daemon = Daemon(tmp_path / f"daemon{attempt}", config_file=config)
+            try:
+                daemon.start()
+            except DaemonError as exc:
+                daemon.kill()
+                if "could not bind" in str(exc) and attempt + 1 < BIND_ATTEMPTS:
+                    continue
+                raise
+            daemons.append(daemon)
+            return Rig(daemon, target_port, tmp_path / "sipp")
+        raise AssertionError("unreachable")
+
+    yield make
+
+    try:
+        for d in daemons:
+            d.check_clean()
+            d.stop()
+    finally:
+        for d in daemons:
+            d.kill()
+
+
+# -- reading the traces -----------------------------------------------------------------------------
+
+
+def received(message_file: Path, what: str) -> list[TracedMessage]:
+    """Messages an agent received whose method (or ``"SIP/2.0 <code>"`` status) is ``what``,
+    without retransmissions (the same first line, Via and CSeq again)."""
+    out, seen = [], set()
+    for t in traced_messages(message_file):
+        if t.direction != "received":
+            continue
+        if t.method == what or (t.method is None and t.first_line.startswith(what)):
+            key = (t.first_line, t.header("Via"), t.header("CSeq"))
+            if key not in seen:
+                seen.add(key)
+                out.append(t)
+    return out
+
+
+def heard(message_file: Path) -> list[str]:
+    """What an agent received, in order, without retransmissions: methods, and "SIP/2.0 <code>"."""
+    out, seen = [], set()
+    for t in traced_messages(message_file):
+        key = (t.first_line, t.header("Via"), t.header("CSeq"), t.header("To"))
+        if t.direction == "received" and key not in seen:
+            seen.add(key)
+            out.append(t.method or t.first_line[:11])
+    return out
+
+
+def after(what: str, messages: list[str]) -> list[str]:
+    assert what in messages, messages
+    return messages[messages.index(what) :]
+
+
+def origin(msg: TracedMessage) -> tuple[str, int]:
+    """(session id, version) of the o= line of a message's SDP."""
+    m = re.search(r"(?m)^o=\S+ (\S+) (\d+) ", msg.text)
+    assert m, msg.text
+    return m.group(1), int(m.group(2))
+
+
+def tag(header: str | None) -> str:
+    m = re.search(r";\s*tag=([^;>\s]+)", header or "")
+    assert m, header
+    return m.group(1)
+
+
+def sipfrag(notify: TracedMessage) -> str:
+    return notify.text.rsplit("\n", 1)[-1].strip()
+
+
+def sdp_attr(msg: TracedMessage, pattern: str) -> bool:
+    return re.search(rf"(?m)^a={pattern}\s*$", msg.text) is not None
+
+
+# -- media ----------------------------------------------------------------------------------------
+
+
+def assert_talking(sniffer: rtp.LoopbackSniffer, rig: Rig, transferee, target, transferor) -> None:
+    """alice's and carol's RTP after the transfer reached each other, every packet exactly once,
+    through relay ports only; none of it reached bob (released)."""
+    pair = types.SimpleNamespace(uac=transferee, uas=target)
+    d = rtp.media_delivery(sniffer, pair, AFTER_TRANSFER)
+    rtp.assert_media_delivered(d)
+    relay = rig.daemon.relay_ports
+    for addr in (*d.media.a.peer, *d.media.b.peer):
+        assert addr[0] == "127.0.0.1" and addr[1] in relay, d.describe()
+    assert not set(d.media.a.peer) & set(d.media.b.own), d.describe()
+    assert not set(d.media.b.peer) & set(d.media.a.own), d.describe()
+    bob = rtp.side_media(transferor.message_file)
+    to_bob = [x for x in sniffer.rtp() if any(x.dst == own for own in bob.own)]
+    assert not to_bob, f"RTP reached the released transferor: {to_bob[:5]}"
+
+
+# -- checks shared by the flows -----------------------------------------------------------------------
+
+
+def assert_bob_released(bob_file: Path, call1: str, consultation: str) -> None:
+    """bob's NOTIFYs were 100 then 200 (terminated), then came a BYE on each of his dialogs.
+
+    ``call1`` and ``consultation`` are bob's tags in those dialogs, as his scenario writes them
+    (e.g. "SIPpTag01" and "SIPpTag11", followed by the call number). The daemon happens to end the
+    consultation first; nothing requires that order, so it is not checked."""
+    notifies = received(bob_file, "NOTIFY")
+    assert [sipfrag(n) for n in notifies] == ["SIP/2.0 100 Trying", "SIP/2.0 200 OK"], [n.text for n in notifies]
+    assert (notifies[-1].header("Subscription-State") or "").startswith("terminated"), notifies[-1].text
+    byes = received(bob_file, "BYE")
+    ended = sorted(re.sub(r"^\d+", "", tag(b.header("To")))[: len(call1)] for b in byes)
+    assert ended == sorted([consultation, call1]), [b.text for b in byes]
+
+
+def assert_transferred(m: Metrics, kind: str) -> None:
+    assert m.get("b2bua_transfers_total", kind=kind, result="completed") == 1, m
+    assert m.get("b2bua_transfers_total") == 1, m
+    assert m.get("b2bua_calls_total", result="transferred") == 1, m  # the consultation call
+    assert m.get("b2bua_calls_total", result="answered") == 1, m  # call 1, alice-carol at the end
+    assert m.get("b2bua_transfer_duration_seconds_count", kind=kind) == 1, m
+    assert m.get("b2bua_active_calls") == 0, m
+    assert m.get("b2bua_media_sessions") == 0, m
+
+
+# -- the flows ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hold", ["sendonly", "inactive"])
+def test_attended_transfer_by_the_callee(rig, hold):
+    """bob (callee of call 1) holds alice, consults carol through the daemon, REFERs alice to her
+    with Replaces: carol is re-INVITEd onto alice's media, alice onto carol's, bob is released."""
+    r = rig()
+    held = {"sendonly": "recvonly", "inactive": "inactive"}[hold]
+    with rtp.sniffing() as sn:
+        result = r.run(
+            "uas_attended_target.xml",
+            "uas_attended_transferor.xml",
+            "uac_attended_transferee.xml",
+            uas_opts={"key_vals": {"hold": hold}},
+            uac_opts={"key_vals": {"held": held}},
+        )
+    alice, bob, carol = result.uac, result.uas, result.target
+
+    # The exact sequences each party heard (1xx from the daemon aside).
+    assert after("SIP/2.0 200", heard(alice.message_file)) == [
+        "SIP/2.0 200", "INVITE", "ACK", "INVITE", "ACK", "SIP/2.0 200"
+    ], heard(alice.message_file)  # fmt: skip
+    assert after("SIP/2.0 202", heard(bob.message_file)) == ["SIP/2.0 202", "NOTIFY", "NOTIFY", "BYE", "BYE"]
+    assert heard(carol.message_file) == ["INVITE", "ACK", "INVITE", "ACK", "BYE"], heard(carol.message_file)
+
+    [a_hold, a_moved] = received(alice.message_file, "INVITE")
+    assert sdp_attr(a_hold, hold), a_hold.text
+    # alice's session goes on under the o= line the daemon gave her leg, one version up per change.
+    a_answer = received(alice.message_file, "SIP/2.0 200")[0]
+    assert origin(a_moved)[0] == origin(a_answer)[0], (a_moved.text, a_answer.text)
+    assert origin(a_moved)[1] > origin(a_hold)[1] > origin(a_answer)[1], (a_moved.text, a_answer.text)
+    [c_inv, c_moved] = received(carol.message_file, "INVITE")
+    assert c_moved.header("Call-ID") == c_inv.header("Call-ID"), "carol was called again"
+    assert tag(c_moved.header("From")) == tag(c_inv.header("From"))  # in her dialog: a re-INVITE
+    assert "SIPpTag02" in tag(c_moved.header("To")), c_moved.text
+    assert not any(sdp_attr(c_moved, d) for d in ("sendonly", "recvonly", "inactive")), c_moved.text
+    [c_bye] = received(carol.message_file, "BYE")
+    assert c_bye.header("Call-ID") == c_inv.header("Call-ID")  # alice's hangup reached carol
+
+    [b_inv] = received(bob.message_file, "INVITE")
+    assert c_inv.header("Call-ID") != b_inv.header("Call-ID")  # carol's leg has a Call-ID of its own
+    assert_bob_released(bob.message_file, "SIPpTag01", "SIPpTag11")
+    assert_talking(sn, r, alice, carol, bob)
+
+    m = r.daemon.settled()
+    assert_transferred(m, "attended")
+    events = r.event_names()
+    assert "transfer_completed" in events and "transfer_failed" not in events, events
+
+
+def test_attended_transfer_by_the_caller(rig):
+    """The same with bob as the caller of call 1 (the transferor on the A side): his consultation
+    INVITE is a second INVITE of his UAC call, and alice, the callee, is moved to carol."""
+    r = rig()
+    with rtp.sniffing() as sn:
+        result = r.run(
+            "uas_attended_target.xml",
+            "uas_attended_transferee.xml",
+            "uac_attended_transferor.xml",
+            uas_opts={"key_vals": {"held": "recvonly"}},
+            uac_opts={"key_vals": {"hold": "sendonly"}},
+        )
+    alice, bob, carol = result.uas, result.uac, result.target
+
+    [_, a_hold, a_moved] = received(alice.message_file, "INVITE")
+    assert sdp_attr(a_hold, "sendonly") and sdp_attr(a_moved, "sendrecv"), (a_hold.text, a_moved.text)
+    [c_inv, c_moved] = received(carol.message_file, "INVITE")
+    assert tag(c_moved.header("From")) == tag(c_inv.header("From")), "carol was called again"
+    assert not any(sdp_attr(c_moved, d) for d in ("sendonly", "recvonly", "inactive")), c_moved.text
+    [c_bye] = received(carol.message_file, "BYE")
+    assert c_bye.header("Call-ID") == c_inv.header("Call-ID")
+
+    bob_call_id = received(bob.message_file, "SIP/2.0 200")[0].header("Call-ID")
+    assert c_inv.header("Call-ID") != bob_call_id
+    assert_bob_released(bob.message_file, "SIPpTag00", "SIPpTag10")
+    assert_talking(sn, r, alice, carol, bob)
+
+    m = r.daemon.settled()
+    assert_transferred(m, "attended")
+
+
+@pytest.mark.parametrize(
+    "target,transferor,transferee",
+    [
+        ("uas_attended_supervised_target.xml", "uas_attended_supervised_transferor.xml", "uac_attended_transferee.xml"),
+        ("uas_attended_target.xml", "uas_attended_unheld_transferor.xml", "uac_attended_unheld_transferee.xml"),
+    ],
+    ids=["consultation-held", "no-hold"],
+)
+def test_supervised_transfer(rig, target, transferor, transferee):
+    """Supervised: bob has both calls up and REFERs one party to the other. With the consultation
+    held (bob re-INVITEd carol sendonly), the daemon's re-INVITE takes carol off hold (sendrecv);
+    without any hold, the same join happens with no re-INVITE before the REFER."""
+    r = rig()
+    with rtp.sniffing() as sn:
+        result = r.run(
+            target,
+            transferor,
+            transferee,
+            uas_opts={"key_vals": {"hold": "sendonly"}},
+            uac_opts={"key_vals": {"held": "recvonly"}},
+        )
+    alice, bob, carol = result.uac, result.uas, result.target
+    consultation_held = target == "uas_attended_supervised_target.xml"
+
+    c_invites = received(carol.message_file, "INVITE")
+    assert len(c_invites) == (3 if consultation_held else 2), [t.text for t in c_invites]
+    if consultation_held:
+        assert sdp_attr(c_invites[1], "sendonly"), c_invites[1].text  # bob's hold, through the daemon
+    c_moved = c_invites[-1]
+    assert tag(c_moved.header("From")) == tag(c_invites[0].header("From")), "carol was called again"
+    assert not any(sdp_attr(c_moved, d) for d in ("sendonly", "recvonly", "inactive")), c_moved.text
+    a_invites = received(alice.message_file, "INVITE")
+    assert len(a_invites) == (2 if consultation_held else 1), [t.text for t in a_invites]
+    assert sdp_attr(a_invites[-1], "sendrecv"), a_invites[-1].text
+
+    assert_bob_released(bob.message_file, "SIPpTag01", "SIPpTag11")
+    assert_talking(sn, r, alice, carol, bob)
+    m = r.daemon.settled()
+    assert_transferred(m, "attended")
+
+
+def test_early_completion_target_answers(rig):
+    """bob REFERs alice to carol while carol still rings (Replaces names the early dialog): bob is
+    released at once (487 to his consultation INVITE, NOTIFY 200, BYE); when carol answers 1 s
+    later the daemon ACKs her, re-INVITEs her onto alice's media and alice onto hers."""
+    r = rig()
+    with rtp.sniffing() as sn:
+        result = r.run(
+            "uas_early_target.xml",
+            "uas_early_transferor.xml",
+            "uac_attended_transferee.xml",
+            uas_opts={"key_vals": {"hold": "sendonly"}},
+            uac_opts={"key_vals": {"held": "recvonly"}},
+        )
+    alice, bob, carol = result.uac, result.uas, result.target
+
+    after_refer = after("SIP/2.0 202", heard(bob.message_file))
+    assert after_refer == ["SIP/2.0 202", "NOTIFY", "SIP/2.0 487", "NOTIFY", "BYE"], after_refer
+    notifies = received(bob.message_file, "NOTIFY")
+    assert [sipfrag(n) for n in notifies] == ["SIP/2.0 100 Trying", "SIP/2.0 200 OK"], [n.text for n in notifies]
+    [bye] = received(bob.message_file, "BYE")
+    assert "SIPpTag01" in tag(bye.header("To")), bye.text  # call 1; the consultation ended with the 487
+
+    [c_inv, c_moved] = received(carol.message_file, "INVITE")
+    assert tag(c_moved.header("From")) == tag(c_inv.header("From")), "carol was called again"
+    assert not any(sdp_attr(c_moved, d) for d in ("sendonly", "recvonly", "inactive")), c_moved.text
+    assert "a=x-party:alice" in c_moved.text
+    assert len(received(carol.message_file, "ACK")) == 2  # her 200 to the INVITE, then to the re-INVITE
+    assert not received(carol.message_file, "CANCEL")
+    [_, a_moved] = received(alice.message_file, "INVITE")
+    assert "a=x-party:carol" in a_moved.text
+
+    assert_talking(sn, r, alice, carol, bob)
+    m = r.daemon.settled()
+    assert_transferred(m, "early")
+
+
+def test_early_completion_target_never_answers(rig):
+    """The same early REFER, but carol never answers: after calls.no_answer_timeout_s (3 s here,
+    counted from bob's consultation INVITE) the daemon CANCELs her, and hangs alice up, since bob,
+    whom she would go back to, was released at the REFER."""
+    r = rig("\n[calls]\nno_answer_timeout_s = 3\n")
+    result = r.run(
+        "uas_early_target_noanswer.xml",
+        "uas_early_transferor.xml",
+        "uac_early_transferee_abandoned.xml",
+        uas_opts={"key_vals": {"hold": "sendonly"}},
+        uac_opts={"key_vals": {"held": "recvonly"}},
+    )
+    alice, bob, carol = result.uac, result.uas, result.target
+
+    after_refer = after("SIP/2.0 202", heard(bob.message_file))
+    # bob hears nothing of the failure: he had left
+    assert after_refer == ["SIP/2.0 202", "NOTIFY", "SIP/2.0 487", "NOTIFY", "BYE"], after_refer
+
+    assert heard(carol.message_file) == ["INVITE", "CANCEL", "ACK"], heard(carol.message_file)
+    [c_inv] = received(carol.message_file, "INVITE")
+    [cancel] = received(carol.message_file, "CANCEL")
+    assert cancel.header("Call-ID") == c_inv.header("Call-ID")
+    assert len(received(alice.message_file, "INVITE")) == 1  # bob's hold; no re-INVITE
+    [a_bye] = received(alice.message_file, "BYE")
+    assert "transferor has left" in (a_bye.header("Reason") or ""), a_bye.text
+
+    m = r.daemon.settled()
+    assert m.get("b2bua_transfers_total", kind="early", result="failed") == 1, m
+    assert m.get("b2bua_transfers_total") == 1, m
+    assert m.get("b2bua_calls_total", result="transferred") == 1, m  # the consultation, handed over
+    assert m.get("b2bua_active_calls") == 0 and m.get("b2bua_media_sessions") == 0, m
+    events = r.event_names()
+    assert "transfer_failed" in events and "transfer_completed" not in events, events
+
+
+def test_target_refusing_the_join_leaves_both_calls_up(rig):
+    """carol answers the daemon's re-INVITE 488: bob gets NOTIFY 488 (terminated) and nothing is
+    torn down; bob then hangs up the consultation (carol gets the BYE) and call 1 (alice gets it)."""
+    r = rig()
+    result = r.run(
+        "uas_attended_refusing_target.xml",
+        "uas_attended_refused_transferor.xml",
+        "uac_attended_stays.xml",
+        uas_opts={"key_vals": {"hold": "sendonly"}},
+        uac_opts={"key_vals": {"held": "recvonly"}},
+    )
+    alice, bob, carol = result.uac, result.uas, result.target
+
+    notifies = received(bob.message_file, "NOTIFY")
+    assert [sipfrag(n) for n in notifies] == ["SIP/2.0 100 Trying", "SIP/2.0 488 Not Acceptable Here"], [
+        n.text for n in notifies
+    ]
+    assert (notifies[-1].header("Subscription-State") or "").startswith("terminated"), notifies[-1].text
+    assert not received(bob.message_file, "BYE")  # the daemon released nothing
+    [c_inv, c_moved] = received(carol.message_file, "INVITE")
+    assert tag(c_moved.header("From")) == tag(c_inv.header("From"))
+    [c_bye] = received(carol.message_file, "BYE")
+    assert "SIPpTag02" in tag(c_bye.header("To")) and c_bye.header("Call-ID") == c_inv.header("Call-ID")
+    assert len(received(alice.message_file, "INVITE")) == 1  # bob's hold; no re-INVITE
+    assert len(received(alice.message_file, "BYE")) == 1  # bob's hangup
+
+    m = r.daemon.settled()
+    assert m.get("b2bua_transfers_total", kind="attended", result="failed") == 1, m
+    assert m.get("b2bua_transfers_total") == 1, m
+    assert m.get("b2bua_calls_total", result="answered") == 2, m  # call 1 and the consultation
+    assert m.get("b2bua_calls_total", result="transferred") == 0, m
+    assert m.get("b2bua_active_calls") == 0 and m.get("b2bua_media_sessions") == 0, m
+    assert m.relayed("BYE") == (2, 2), m  # bob's two, each passed on
+    events = r.event_names()
+    assert "transfer_failed" in events and "transfer_completed" not in events, events
