@@ -118,6 +118,10 @@ class RelayDaemon:
                       allocator, opener)
         relay.wall_offset = time.time() - loop.time()
         loop.set_exception_handler(self._on_loop_exception)
+        # Before anything can answer: a SIGTERM (e.g. the parent's death signal) that arrives while
+        # we start must stop us gracefully, not kill us with ports held and nothing logged.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
         self.relay = relay
         core = ControlCore(relay)
         def control_protocol() -> ControlProtocol:
@@ -134,8 +138,6 @@ class RelayDaemon:
         if s.http_addr is not None:
             registry = make_registry(RelayCollector(relay, core, lambda: self.escaped_exceptions))
             runner = await self._start_http(registry, relay)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stopping.set)
         ticker = loop.call_later(TICK_S, self._tick, loop)
         self._ticker = ticker
         self.log.info("relay_started", control=control_name, control_fd=s.control_fd,
