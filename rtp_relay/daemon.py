@@ -1,25 +1,30 @@
 """The relay daemon: binds the control socket, opens media sockets, sweeps once a second, exits 0.
 
 How this works: `RelayDaemon.run()` builds the sans-IO `Relay` with a `SocketOpener` that binds
-each RTP/RTCP port synchronously (so an `offer` is answered only with ports really held) and then
-attaches the socket to the loop as a `RelayPort` protocol in a task; a datagram that arrives in
-between waits in the kernel buffer. The ng `ControlProtocol` feeds requests to the relay, a one
-second loop timer runs `relay.tick()` (last activity, media timeouts, expiry), and an optional
-aiohttp server answers `/metrics` and `/healthz`. An exception escaping into the loop (from a
-media callback, say) is a bug: the loop's exception handler logs and counts it in
-`escaped_exceptions`. The control socket is either bound here (`--control`) or inherited already
-bound from a parent (`--control-fd`, see `inherited_control`). SIGTERM or SIGINT, or with
-`--exit-with-parent` the parent's exit (parent.py), releases every call, checks the port
-allocator for leaks, closes the sockets and returns 0.
+each RTP/RTCP port synchronously (so an `offer` is answered only with ports really held) and hands
+its descriptor to the `Dispatcher`, one epoll set of all media sockets that the loop watches as a
+single descriptor; a ready socket's `RelayPort.readable` forwards what waits there (forwarder.py).
+The opener also gives RTP ports their connected twins, within a budget of file descriptors
+(`twin_budget`) that always leaves room for every port of the range. The ng `ControlProtocol`
+feeds requests to the relay, a one second loop timer runs `relay.tick()` (last activity, media
+timeouts, expiry), and an optional aiohttp server answers `/metrics` and `/healthz`. An exception
+escaping into the loop (from a media callback, say) is a bug: the loop's exception handler logs
+and counts it in `escaped_exceptions`. The control socket is either bound here (`--control`) or
+inherited already bound from a parent (`--control-fd`, see `inherited_control`). SIGTERM or
+SIGINT, or with `--exit-with-parent` the parent's exit (parent.py), releases every call, checks
+the port allocator for leaks, closes the sockets and returns 0.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import resource
+import select
 import signal
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -28,24 +33,77 @@ from b2bua.logs import get_logger
 
 from .config import RelaySettings
 from .control import ControlCore, ControlProtocol
-from .forwarder import RelayPort
+from .forwarder import HAVE_MMSG, RelayPort
 from .metrics import RelayCollector, make_registry, render
 from .parent import ParentWatch
 from .ports import PortAllocator
 from .session import CallExpired, MediaTimedOut, Relay, RelayConfig
 
 TICK_S = 1.0
+MAX_EVENTS = 256  # ready sockets served per loop callback (each up to forwarder.BATCH datagrams)
+FD_RESERVE = 64  # descriptors kept for everything but media ports: control, HTTP, logs
+
+
+class Dispatcher:
+    """Every media socket in one epoll set, which the loop watches as a single descriptor.
+
+    The loop's own dispatch per descriptor (a handle run per ready socket) cost more than the
+    reader's Python call does: here one loop callback serves up to MAX_EVENTS ready sockets with a
+    list index and a call each. Level-triggered: a socket that still holds datagrams after its
+    reader took forwarder.BATCH of them is reported again next time, after the others.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.epoll = select.epoll() if hasattr(select, "epoll") else None  # elsewhere: the loop's own
+        self.readers: list[Callable[[int], None] | None] = []  # by descriptor: denser than a dict
+        if self.epoll is not None:
+            loop.add_reader(self.epoll.fileno(), self.ready)
+
+    def add(self, fd: int, reader: Callable[[int], None]) -> None:
+        if self.epoll is None:
+            self.loop.add_reader(fd, reader, fd)
+            return
+        if fd >= len(self.readers):
+            self.readers.extend([None] * (fd + 1 - len(self.readers)))
+        self.readers[fd] = reader
+        self.epoll.register(fd, select.EPOLLIN)
+
+    def remove(self, fd: int) -> None:
+        if self.epoll is None:
+            self.loop.remove_reader(fd)
+            return
+        if fd < len(self.readers) and self.readers[fd] is not None:
+            self.readers[fd] = None
+            self.epoll.unregister(fd)
+
+    def ready(self) -> None:
+        readers = self.readers
+        for fd, _ in self.epoll.poll(0, MAX_EVENTS):  # type: ignore[union-attr]
+            reader = readers[fd]
+            if reader is not None:
+                reader(fd)
+
+    def close(self) -> None:
+        if self.epoll is not None:
+            self.loop.remove_reader(self.epoll.fileno())
+            self.epoll.close()
 
 
 class SocketOpener:
-    """Binds relay ports for the sans-IO Relay; attaching to the loop happens in a task."""
+    """Binds relay ports for the sans-IO Relay and has the loop watch them; gives RTP ports twins.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, host: str) -> None:
+    A twin (see forwarder.py) is a second descriptor: at most `max_twins` exist at a time, so that
+    twins can never take the descriptors a new call's ports need.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, host: str, max_twins: int = 0) -> None:
         self.loop = loop
         self.host = host
         self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.attach_failures = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.max_twins = max_twins if HAVE_MMSG and hasattr(socket, "SO_REUSEPORT") else 0
+        self.twins_open = 0
+        self.dispatcher = Dispatcher(loop)
 
     def open(self, rtp: RelayPort, rtcp: RelayPort) -> None:
         socks: list[socket.socket] = []
@@ -60,24 +118,54 @@ class SocketOpener:
                 sock.close()
             raise
         for port, sock in zip((rtp, rtcp), socks, strict=True):
-            port.attach(sock)  # sending goes straight to the socket; receiving waits for the loop
-            task = self.loop.create_task(self._attach(port, sock))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            port.attach(sock)
+            self.dispatcher.add(sock.fileno(), port.readable)
+        if self.max_twins:
+            rtp.twins = self  # RTCP carries too few packets to be worth a descriptor
 
-    async def _attach(self, port: RelayPort, sock: socket.socket) -> None:
+    def open_twin(self, port: RelayPort) -> socket.socket | None:
+        first = port.sock
+        if self.twins_open >= self.max_twins or first is None:
+            return None
+        twin = socket.socket(self.family, socket.SOCK_DGRAM)
         try:
-            await self.loop.create_datagram_endpoint(lambda: port, sock=sock)
-        except Exception:
-            self.attach_failures += 1
-            sock.close()
+            twin.setblocking(False)
+            # Both sockets must allow sharing the port while the twin binds, and neither does after
+            # it: no third socket can join the port (of this process, or another of the same user).
+            first.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                twin.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                twin.bind((self.host, port.port))
+                twin.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
+            finally:
+                first.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
+        except OSError:
+            twin.close()
+            return None
+        self.dispatcher.add(twin.fileno(), port.readable)
+        self.twins_open += 1
+        return twin
+
+    def close_twin(self, sock: socket.socket) -> None:
+        self.dispatcher.remove(sock.fileno())
+        sock.close()
+        self.twins_open -= 1
 
     def close(self, port: RelayPort) -> None:
-        pass  # RelayPort.close() closes the transport, or connection_made does if not attached yet
+        """Stop watching `port`'s socket; RelayPort.close() closes it (and its twin, through us)."""
+        if port.sock is not None:
+            self.dispatcher.remove(port.sock.fileno())
 
-    async def settle(self) -> None:
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+def twin_budget(pairs: int) -> int:
+    """How many twins fit beside every port of a range of `pairs` port pairs, within RLIMIT_NOFILE."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return 0
+    if soft == resource.RLIM_INFINITY:
+        return pairs
+    return max(0, min(pairs, soft - 2 * pairs - FD_RESERVE))
 
 
 def inherited_control(fd: int) -> socket.socket:
@@ -113,7 +201,7 @@ class RelayDaemon:
         loop = asyncio.get_running_loop()
         low, high = s.port_range
         allocator = PortAllocator(low, high, start_at=random.randrange(low, high + 1))
-        opener = SocketOpener(loop, s.address)
+        opener = SocketOpener(loop, s.address, max_twins=twin_budget(allocator.capacity))
         relay = Relay(RelayConfig(s.sdp_address, s.media_timeout, s.hold_timeout, s.timeout_delete),
                       allocator, opener)
         relay.wall_offset = time.time() - loop.time()
@@ -149,13 +237,13 @@ class RelayDaemon:
         await self._stopping.wait()
         self._ticker.cancel()
         control_transport.close()
-        await opener.settle()
         released = relay.shutdown()
         leak = ""
         try:
             allocator.check()
         except AssertionError as exc:
             leak = str(exc)
+        opener.dispatcher.close()
         await asyncio.sleep(0)  # let transports finish closing
         if runner is not None:
             await runner.cleanup()

@@ -57,7 +57,7 @@ class RtpReceiveStats:
         self.ignored = 0
         self.ssrc_changes = 0
 
-    def packet(self, data: bytes, arrival: float, count: int) -> None:
+    def packet(self, data: bytes | memoryview, arrival: float, count: int) -> None:
         """One packet; `count`: how many packets the port has accepted, this one included."""
         if len(data) < 12 or data[0] & 0xC0 != 0x80 or 192 <= data[1] <= 223:
             self.ignored += 1

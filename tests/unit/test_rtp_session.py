@@ -44,7 +44,6 @@ class FakeOpener:
             self.open_ports[p.port] = p
             fake = FakeSocket()
             p.attach(fake)  # packets leave through it
-            p.connection_made(fake)  # and the loop's transport on it
 
     def close(self, port: RelayPort) -> None:
         del self.open_ports[port.port]
