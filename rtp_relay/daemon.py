@@ -249,6 +249,12 @@ class RelayDaemon:
             await runner.cleanup()
         self.log.info("relay_stopped", ports_released=released, ports_in_use=allocator.ports_in_use,
                       leak=leak or None, escaped_exceptions=self.escaped_exceptions + relay.internal_errors)
+        # Stopped cleanly: a second SIGTERM (a supervisor or parent repeating itself) that arrives
+        # while the interpreter winds down must not turn exit status 0 into death by signal. The
+        # loop would restore the default action when it closes; ignoring them from here on wins.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
         return 0
 
     def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
