@@ -79,7 +79,7 @@ def free_port() -> int:
     raise RuntimeError("could not find a free loopback port")
 
 
-RELAY_BLOCK = 64  # media ports of a test daemon's embedded relay: 16 calls with one stream
+RELAY_BLOCK = 256  # media ports of a test daemon's embedded relay: 64 calls with one stream (the load test holds ~20)
 
 
 def free_port_block(size: int = 4) -> int:
