@@ -79,7 +79,7 @@ def free_port() -> int:
     raise RuntimeError("could not find a free loopback port")
 
 
-RELAY_BLOCK = 256  # media ports of a test daemon's embedded relay: 64 calls with one stream (the load test holds ~20)
+RELAY_BLOCK = 64  # media ports of a test daemon's embedded relay: 16 calls with one stream (Daemon relay_block)
 
 
 def free_port_block(size: int = 4) -> int:
@@ -205,6 +205,7 @@ class Daemon:
         env: Mapping[str, str] | None = None,
         config_file: Path | None = None,
         direct: bool = False,
+        relay_block: int = RELAY_BLOCK,
     ):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -215,8 +216,8 @@ class Daemon:
         self.listen_port = free_port()
         self.http_port = free_port()
         self.extra_env = dict(env or {})
-        low = free_port_block(RELAY_BLOCK)
-        self.relay_ports = range(low, low + RELAY_BLOCK)  # the embedded relay's media ports
+        low = free_port_block(relay_block)
+        self.relay_ports = range(low, low + relay_block)  # the embedded relay's media ports
         self.config_file = config_file
         self.proc: subprocess.Popen | None = None
         self.stdout_path = self.workdir / "b2bua.stdout.log"
