@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from .harness import SIPP_BIN, Daemon, PairResult, direct_mode, run_sipp_pair
+from .harness import SIPP_BIN, Daemon, DaemonError, PairResult, direct_mode, run_sipp_pair
 
 # every test in this directory gets this wall-clock bound unless it says otherwise
 DEFAULT_TEST_TIMEOUT_S = 45
+BIND_ATTEMPTS = 3  # a daemon that lost a port race is started again on new ports
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -58,14 +59,25 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     """Factory: ``start_daemon(next_hop_transport="udp", env={...})`` -> a running Daemon.
 
     At teardown every daemon started must show no escaped exception and no
-    active call, and must exit 0 on SIGTERM; it is killed in any case.
+    active call, and must exit 0 on SIGTERM; it is killed in any case. A daemon that
+    could not bind a port the harness had just found free (another process on the
+    machine took it in between) is started again on new ports, up to BIND_ATTEMPTS times.
     """
     daemons: list[Daemon] = []
 
     def factory(**kwargs) -> Daemon:
-        d = Daemon(tmp_path / f"daemon{len(daemons)}", direct=direct_mode(), **kwargs)
-        daemons.append(d)
-        return d.start()
+        for attempt in range(BIND_ATTEMPTS):
+            d = Daemon(tmp_path / f"daemon{len(daemons)}-{attempt}", direct=direct_mode(), **kwargs)
+            try:
+                d.start()
+            except DaemonError as exc:
+                d.kill()
+                if "could not bind" in str(exc) and attempt + 1 < BIND_ATTEMPTS:
+                    continue
+                raise
+            daemons.append(d)
+            return d
+        raise AssertionError("unreachable")
 
     yield factory
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import json
 import os
 import re
 import signal
@@ -292,6 +293,15 @@ class Daemon:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def events(self) -> list[dict]:
+        """The daemon's JSON log lines so far (structlog: one object per line on stdout)."""
+        out = []
+        for line in self.stdout_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    out.append(json.loads(line))
+        return out
 
     def output_tail(self, max_chars: int = 6000) -> str:
         parts = []

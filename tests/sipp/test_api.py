@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from .harness import LOOPBACK, Daemon, PairResult, TracedMessage, run_sipp_pair, traced_messages
+from .transfers import sdp_line
 
 pytestmark = pytest.mark.sipp
 
@@ -108,12 +109,6 @@ class EventReader:
         assert not self._thread.is_alive(), f"the event stream did not end; so far: {self.events}"
         self._resp.close()
         return self.events
-
-
-def sdp_line(msg: TracedMessage, kind: str) -> str:
-    m = re.search(rf"(?m)^{kind}=(.*?)\s*$", msg.text)
-    assert m, f"no {kind}= line in\n{msg.text}"
-    return m.group(1)
 
 
 def received(result_agent: Any, method: str | None = None, first_line: str | None = None) -> list[TracedMessage]:

@@ -26,24 +26,21 @@ need root or CAP_NET_RAW, as in test_media.py.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
 import re
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from . import rtp
-from .harness import Daemon, DaemonError, Metrics, TracedMessage, TrioResult, free_port, run_sipp_trio, traced_messages
+from .harness import Daemon, Metrics, TracedMessage
+from .transfers import TransferRig, heard, origin, received, sipfrag, start_rig, tag
 
 pytestmark = pytest.mark.sipp
 
 # What alice (the transferee) and carol (the target) play once the transfer is done.
 AFTER_TRANSFER = rtp.ScenarioMedia(uac=("rtp_a3.pcap",), uas=("rtp_b3.pcap",))
-BIND_ATTEMPTS = 3
 
 
 @pytest.fixture(autouse=True)
@@ -52,117 +49,22 @@ def _needs_raw_sockets() -> None:
         pytest.skip("SIPp's pcap player and the loopback sniffer need root or CAP_NET_RAW")
 
 
-@dataclasses.dataclass
-class Rig:
-    daemon: Daemon
-    target_port: int
-    workdir: Path
-
-    def run(self, target: str, uas: str, uac: str, **kwargs) -> TrioResult:
-        return run_sipp_trio(self.daemon, target, uas, uac, self.workdir, target_port=self.target_port, **kwargs)
-
-    def events(self) -> list[dict]:
-        """The daemon's JSON log lines (one object per line on stdout)."""
-        out = []
-        for line in self.daemon.stdout_path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    out.append(json.loads(line))
-        return out
-
-    def event_names(self) -> list[str]:
-        return [e.get("event", "") for e in self.events()]
-
-
 @pytest.fixture
-def rig(tmp_path: Path, needs_daemon) -> Iterator[Callable[..., Rig]]:
-    """``rig(extra_toml)``: a daemon routing "carol" to the target agent's port.
+def rig(start_daemon: Callable[..., Daemon], tmp_path: Path, needs_daemon) -> Callable[..., TransferRig]:
+    """``rig(extra_toml)``: a daemon routing "carol" to the target agent's port."""
 
-    As conftest's ``start_daemon`` (the same teardown checks: no escaped exception, no call left,
-    a clean exit on SIGTERM), except that a daemon that could not bind the port the harness found
-    free for it (another process on this machine took it in between) is started again on new ports.
-    """
-    daemons: list[Daemon] = []
+    def make(extra: str = "") -> TransferRig:
+        return start_rig(start_daemon, tmp_path, extra)
 
-    def make(extra: str = "") -> Rig:
-        for attempt in range(BIND_ATTEMPTS):
-            target_port = free_port()
-            config = tmp_path / "b2bua.toml"
-            config.write_text(
-                f'[routing]\nrules = [{{user_prefix = "carol", next_hop = "127.0.0.1:{target_port}"}}]\n' + extra
-            )
-            daemon = Daemon(tmp_path / f"daemon{attempt}", config_file=config)
-            try:
-                daemon.start()
-            except DaemonError as exc:
-                daemon.kill()
-                if "could not bind" in str(exc) and attempt + 1 < BIND_ATTEMPTS:
-                    continue
-                raise
-            daemons.append(daemon)
-            return Rig(daemon, target_port, tmp_path / "sipp")
-        raise AssertionError("unreachable")
-
-    yield make
-
-    try:
-        for d in daemons:
-            d.check_clean()
-            d.stop()
-    finally:
-        for d in daemons:
-            d.kill()
+    return make
 
 
 # -- reading the traces -----------------------------------------------------------------------------
 
 
-def received(message_file: Path, what: str) -> list[TracedMessage]:
-    """Messages an agent received whose method (or ``"SIP/2.0 <code>"`` status) is ``what``,
-    without retransmissions (the same first line, Via and CSeq again)."""
-    out, seen = [], set()
-    for t in traced_messages(message_file):
-        if t.direction != "received":
-            continue
-        if t.method == what or (t.method is None and t.first_line.startswith(what)):
-            key = (t.first_line, t.header("Via"), t.header("CSeq"))
-            if key not in seen:
-                seen.add(key)
-                out.append(t)
-    return out
-
-
-def heard(message_file: Path) -> list[str]:
-    """What an agent received, in order, without retransmissions: methods, and "SIP/2.0 <code>"."""
-    out, seen = [], set()
-    for t in traced_messages(message_file):
-        key = (t.first_line, t.header("Via"), t.header("CSeq"), t.header("To"))
-        if t.direction == "received" and key not in seen:
-            seen.add(key)
-            out.append(t.method or t.first_line[:11])
-    return out
-
-
 def after(what: str, messages: list[str]) -> list[str]:
     assert what in messages, messages
     return messages[messages.index(what) :]
-
-
-def origin(msg: TracedMessage) -> tuple[str, int]:
-    """(session id, version) of the o= line of a message's SDP."""
-    m = re.search(r"(?m)^o=\S+ (\S+) (\d+) ", msg.text)
-    assert m, msg.text
-    return m.group(1), int(m.group(2))
-
-
-def tag(header: str | None) -> str:
-    m = re.search(r";\s*tag=([^;>\s]+)", header or "")
-    assert m, header
-    return m.group(1)
-
-
-def sipfrag(notify: TracedMessage) -> str:
-    return notify.text.rsplit("\n", 1)[-1].strip()
 
 
 def sdp_attr(msg: TracedMessage, pattern: str) -> bool:
@@ -172,7 +74,7 @@ def sdp_attr(msg: TracedMessage, pattern: str) -> bool:
 # -- media ----------------------------------------------------------------------------------------
 
 
-def assert_talking(sniffer: rtp.LoopbackSniffer, rig: Rig, transferee, target, transferor) -> None:
+def assert_talking(sniffer: rtp.LoopbackSniffer, rig: TransferRig, transferee, target, transferor) -> None:
     """alice's and carol's RTP after the transfer reached each other, every packet exactly once,
     through relay ports only; none of it reached bob (released)."""
     pair = types.SimpleNamespace(uac=transferee, uas=target)

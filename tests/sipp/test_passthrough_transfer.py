@@ -20,9 +20,6 @@ exception escaped and no call is left over.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +27,8 @@ from urllib.parse import unquote
 
 import pytest
 
-from .harness import Daemon, Metrics, TracedMessage, TrioResult, free_port, run_sipp_trio, traced_messages
+from .harness import Daemon, Metrics, TracedMessage, TrioResult
+from .transfers import TransferRig, heard, local_port, received, sent, sipfrag, start_rig, tag
 
 pytestmark = pytest.mark.sipp
 
@@ -38,91 +36,17 @@ PASSTHROUGH = '[transfers]\nmode = "passthrough"\n'
 BOB_REFER_CSEQ = "4711"  # what bob's scenarios put in their REFER's CSeq
 
 
-@dataclasses.dataclass
-class Rig:
-    daemon: Daemon
-    target_port: int
-    workdir: Path
-
-    def run(self, target: str, uas: str, uac: str, **kwargs) -> TrioResult:
-        return run_sipp_trio(self.daemon, target, uas, uac, self.workdir, target_port=self.target_port, **kwargs)
-
-    def events(self) -> list[dict]:
-        """The daemon's JSON log lines (one object per line on stdout)."""
-        out = []
-        for line in self.daemon.stdout_path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    out.append(json.loads(line))
-        return out
-
-    def event_names(self) -> list[str]:
-        return [e.get("event", "") for e in self.events()]
-
-
 @pytest.fixture
-def rig(start_daemon, tmp_path: Path, needs_daemon) -> Callable[..., Rig]:
+def rig(start_daemon: Callable[..., Daemon], tmp_path: Path, needs_daemon) -> Callable[..., TransferRig]:
     """``rig(transfers_toml)``: a daemon routing "carol" to the target agent's port."""
 
-    def make(transfers: str = PASSTHROUGH) -> Rig:
-        target_port = free_port()
-        config = tmp_path / "b2bua.toml"
-        config.write_text(
-            f'[routing]\nrules = [{{user_prefix = "carol", next_hop = "127.0.0.1:{target_port}"}}]\n\n' + transfers
-        )
-        return Rig(start_daemon(config_file=config), target_port, tmp_path / "sipp")
+    def make(transfers: str = PASSTHROUGH) -> TransferRig:
+        return start_rig(start_daemon, tmp_path, transfers)
 
     return make
 
 
 # -- reading the traces -----------------------------------------------------------------------------
-
-
-def received(message_file: Path, what: str, direction: str = "received") -> list[TracedMessage]:
-    """Messages an agent received (or sent) whose method (or ``"SIP/2.0 <code>"`` status) is ``what``,
-    without retransmissions (the same first line, Via and CSeq again)."""
-    out, seen = [], set()
-    for t in traced_messages(message_file):
-        if t.direction != direction:
-            continue
-        if t.method == what or (t.method is None and t.first_line.startswith(what)):
-            key = (t.first_line, t.header("Via"), t.header("CSeq"))
-            if key not in seen:
-                seen.add(key)
-                out.append(t)
-    return out
-
-
-def sent(message_file: Path, what: str) -> list[TracedMessage]:
-    return received(message_file, what, "sent")
-
-
-def heard(message_file: Path) -> list[str]:
-    """What an agent received, in order, without retransmissions: methods and status lines."""
-    out, seen = [], set()
-    for t in traced_messages(message_file):
-        key = (t.first_line, t.header("Via"), t.header("CSeq"), t.header("To"))
-        if t.direction == "received" and key not in seen:
-            seen.add(key)
-            out.append(t.method or t.first_line)
-    return out
-
-
-def tag(header: str | None) -> str:
-    m = re.search(r";\s*tag=([^;>\s]+)", header or "")
-    assert m, header
-    return m.group(1)
-
-
-def sipfrag(notify: TracedMessage) -> str:
-    return notify.text.rsplit("\n", 1)[-1].strip()
-
-
-def local_port(cmd: str) -> int:
-    """The SIP port of a SIPp agent, from its command line."""
-    m = re.search(r"-p '(\d+)'", cmd)
-    assert m, cmd
-    return int(m.group(1))
 
 
 def cseq(msg: TracedMessage) -> str:
@@ -161,13 +85,13 @@ def assert_blind_metrics(m: Metrics) -> None:
 # -- the flows ----------------------------------------------------------------------------------------
 
 
-def assert_blind_transfer(r: Rig, result: TrioResult, alice: Path, bob: Path, bob_port: int) -> None:
+def assert_blind_transfer(r: TransferRig, result: TrioResult, alice: Path, bob: Path, bob_port: int) -> None:
     """What a passthrough blind transfer looks like from outside, whoever is the transferor."""
     [refer] = received(alice, "REFER")
     assert refer.header("Refer-To") == f"<sip:carol@127.0.0.1:{r.daemon.sip_port}>", refer.text  # back to us
     assert refer.header("Referred-By") == f"<sip:bob@127.0.0.1:{bob_port}>", refer.text
     assert_notifies_translated(bob, alice)
-    assert heard(bob)[-4:] == ["SIP/2.0 202 Accepted", "NOTIFY", "NOTIFY", "BYE"], heard(bob)
+    assert heard(bob)[-4:] == ["SIP/2.0 202", "NOTIFY", "NOTIFY", "BYE"], heard(bob)
 
     carol = result.target.message_file
     [c_inv] = received(carol, "INVITE")
@@ -199,7 +123,8 @@ def test_blind_transfer_by_the_caller(rig):
     assert_blind_transfer(r, result, result.uas.message_file, result.uac.message_file, local_port(result.uac.cmd))
 
 
-def assert_attended_transfer(r: Rig, result: TrioResult, alice: Path, bob: Path, bob_tags: tuple[str, str]) -> None:
+def assert_attended_transfer(r: TransferRig, result: TrioResult, alice: Path, bob: Path,
+                             bob_tags: tuple[str, str]) -> None:
     """What a passthrough attended transfer looks like from outside, whoever is the transferor.
     ``bob_tags``: bob's From tags (as his scenario writes them) in call 1 and in the consultation."""
     carol = result.target.message_file
@@ -216,7 +141,7 @@ def assert_attended_transfer(r: Rig, result: TrioResult, alice: Path, bob: Path,
     assert named.endswith(f";from-tag={tag(b_consult.header('From'))}"), (named, b_consult.text)
 
     assert_notifies_translated(bob, alice)
-    assert heard(bob)[-5:] == ["SIP/2.0 202 Accepted", "NOTIFY", "BYE", "NOTIFY", "BYE"], heard(bob)
+    assert heard(bob)[-5:] == ["SIP/2.0 202", "NOTIFY", "BYE", "NOTIFY", "BYE"], heard(bob)
     byes = received(bob, "BYE")
     call1, consultation = bob_tags
     assert [re.sub(r"^\d+", "", tag(b.header("To")))[:9] for b in byes] == [consultation, call1], byes

@@ -15,111 +15,26 @@ Each daemon's embedded relay uses the block of ports the harness found free for 
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
-import re
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from .harness import (
-    Daemon,
-    Metrics,
-    TracedMessage,
-    TrioResult,
-    free_port,
-    run_sipp_trio,
-    traced_messages,
-)
+from .harness import Daemon, Metrics
+from .transfers import TransferRig, heard, local_port, origin, received, start_rig
 
 pytestmark = pytest.mark.sipp
 
 
 
-@dataclasses.dataclass
-class TransferRig:
-    daemon: Daemon
-    target_port: int
-    workdir: Path
-    relay_ports: range
-
-    def run(self, target: str, uas: str, uac: str, **kwargs) -> TrioResult:
-        return run_sipp_trio(self.daemon, target, uas, uac, self.workdir, target_port=self.target_port, **kwargs)
-
-    def assert_on_relay(self, msg: TracedMessage) -> None:
-        """The SDP of `msg` names one of this daemon's relay ports (the media is anchored)."""
-        port = int(sdp_line(msg, "m").split()[1])
-        assert port in self.relay_ports, f"media not on a relay port ({self.relay_ports}):\n{msg.text}"
-        assert sdp_line(msg, "c") == "IN IP4 127.0.0.1", msg.text
-
-    def events(self) -> list[dict]:
-        """The daemon's JSON log lines (structlog, one object per line on stdout)."""
-        out = []
-        for line in self.daemon.stdout_path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    out.append(json.loads(line))
-        return out
-
-    def event_names(self) -> list[str]:
-        return [e.get("event", "") for e in self.events()]
-
-
 @pytest.fixture
-def rig(start_daemon, tmp_path: Path, needs_daemon) -> Callable[..., TransferRig]:
+def rig(start_daemon: Callable[..., Daemon], tmp_path: Path, needs_daemon) -> Callable[..., TransferRig]:
     """``rig(transfers="...toml lines...")``: a daemon routing "carol" and "900..." to a target port."""
 
     def make(transfers: str = "") -> TransferRig:
-        target_port = free_port()
-        hop = f"127.0.0.1:{target_port}"
-        config = tmp_path / "b2bua.toml"
-        config.write_text(
-            "[routing]\n"
-            f'rules = [{{user_prefix = "carol", next_hop = "{hop}"}}, {{user_prefix = "900", next_hop = "{hop}"}}]\n'
-            + (f"\n[transfers]\n{transfers}\n" if transfers else "")
-        )
-        daemon = start_daemon(config_file=config)
-        return TransferRig(daemon, target_port, tmp_path / "sipp", daemon.relay_ports)
+        return start_rig(start_daemon, tmp_path, f"[transfers]\n{transfers}\n" if transfers else "")
 
     return make
-
-
-# -- reading the traces -----------------------------------------------------------------------------
-
-
-def received(message_file: Path, what: str) -> list[TracedMessage]:
-    """Messages an agent received whose method (or ``"SIP/2.0 <code>"`` status) is ``what``,
-    without retransmissions (the same first line, Via and CSeq again)."""
-    out, seen = [], set()
-    for t in traced_messages(message_file):
-        if t.direction != "received":
-            continue
-        if t.method == what or (t.method is None and t.first_line.startswith(what)):
-            key = (t.first_line, t.header("Via"), t.header("CSeq"))
-            if key not in seen:
-                seen.add(key)
-                out.append(t)
-    return out
-
-
-def sdp_line(msg: TracedMessage, kind: str) -> str:
-    m = re.search(rf"(?m)^{kind}=(.*?)\s*$", msg.text)
-    assert m, f"no {kind}= line in\n{msg.text}"
-    return m.group(1)
-
-
-def origin(msg: TracedMessage) -> tuple[str, int]:
-    """(session id, version) of an SDP o= line."""
-    fields = sdp_line(msg, "o").split()
-    return fields[1], int(fields[2])
-
-
-def local_port(cmd: str) -> int:
-    m = re.search(r"-p '(\d+)'", cmd)
-    assert m, cmd
-    return int(m.group(1))
 
 
 def assert_one_answered_call(m: Metrics) -> None:
@@ -242,11 +157,9 @@ def test_transferor_hangs_up_right_after_the_202(rig):
     )
 
     # The transferor heard only the 202, the first NOTIFY and the 200 to its BYE.
-    heard = [
-        t.first_line.split(" sip:")[0] for t in traced_messages(result.uas.message_file) if t.direction == "received"
-    ]
-    assert "SIP/2.0 202 Accepted" in heard, heard
-    assert heard[heard.index("SIP/2.0 202 Accepted") :] == ["SIP/2.0 202 Accepted", "NOTIFY", "SIP/2.0 200 OK"], heard
+    got = heard(result.uas.message_file)
+    assert "SIP/2.0 202" in got, got
+    assert got[got.index("SIP/2.0 202") :] == ["SIP/2.0 202", "NOTIFY", "SIP/2.0 200"], got
 
     [t_inv] = received(result.target.message_file, "INVITE")
     assert "sip:caller@" in (t_inv.header("From") or ""), t_inv.text
