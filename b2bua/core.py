@@ -324,12 +324,15 @@ class Core:
         self.stats.media_events["relay_up"] += 1
         self.log.info("media_relay_up", relay=relay.name)
 
-    def contact_for(self, dest: Address) -> str:
+    def contact_for(self, dest: Address, user: str | None = "b2bua") -> str:
+        """`<sip:user@our address for dest>`: our Contact, or (another user) a URI that routes
+        back through us, as a passthrough REFER's Refer-To does."""
         host, port = self._local(dest)
         if ":" in host:
             host = f"[{host}]"
         suffix = "" if dest.transport == "udp" else f";transport={dest.transport}"
-        return f"<sip:b2bua@{host}:{port}{suffix}>"
+        at = f"{user}@" if user else ""
+        return f"<sip:{at}{host}:{port}{suffix}>"
 
     def send_request(self, leg: Leg, request: Request, dest: Address) -> Any:
         tx = self.tl.send_request(request, dest)

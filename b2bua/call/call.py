@@ -24,7 +24,7 @@ from ..sip.address import Address
 from ..sip.dialog import Dialog, DialogState
 from ..sip.headers import NameAddr, Replaces
 from ..sip.message import Headers, Request, Response, build_response
-from ..sip.uri import parse_uri, unescape
+from ..sip.uri import UriError, find_param, format_params, parse_params, parse_uri, unescape
 from .capabilities import ALLOW
 from .consultation import Consultation, find_consultation
 from .header_policy import HeaderPolicy
@@ -67,7 +67,7 @@ class CallContext(Protocol):
     def find_leg(self, call_id: str, local_tag: str) -> Leg | None: ...
     def transfer_ended(self, call: Call, kind: str, result: str, seconds: float) -> None: ...
     def refer_allowed(self, leg: Leg) -> bool: ...
-    def contact_for(self, dest: Address) -> str: ...
+    def contact_for(self, dest: Address, user: str | None = "b2bua") -> str: ...
     def send_request(self, leg: Leg, request: Request, dest: Address) -> Any: ...
     def send_ack(self, leg: Leg, ack: Request, dest: Address) -> None: ...
     def cancel(self, tx: Any) -> None: ...
@@ -452,18 +452,17 @@ class Call:
         out = [(n, v) for n, v in req.headers if n.lower() == "subscription-state"]
         event = req.headers.get("Event")
         if event is not None:
-            package, _, params = event.partition(";")
-            kept = []
-            for param in params.split(";") if params else []:
-                name, _, value = param.strip().partition("=")
-                if name.lower() == "id":
-                    relayed = self._relayed_refers.get((leg.key, value.strip()))
-                    if relayed is not None:
-                        self._refer_progress(relayed, req)
-                        value = relayed.their_id
-                    param = f"id={value.strip()}"
-                kept.append(param.strip())
-            out.append(("Event", ";".join([package.strip(), *kept])))
+            package, _, text = event.partition(";")
+            try:
+                params = parse_params(text)
+            except UriError:
+                return out  # an Event we cannot read is not sent on half-understood
+            found, their_id = find_param(params, "id")
+            relayed = self._relayed_refers.get((leg.key, (their_id or "").strip())) if found else None
+            if relayed is not None:
+                self._refer_progress(relayed, req)
+                params = tuple((k, relayed.their_id if k.lower() == "id" else v) for k, v in params)
+            out.append(("Event", package.strip() + format_params(params)))
         return out
 
     def _refer_progress(self, relayed: RelayedRefer, notify: Request) -> None:
@@ -747,8 +746,7 @@ class Call:
     def _via_us(self, leg: Leg, target: Any) -> str:
         """A SIP URI for `target`'s user at our own address as `leg`'s peer reaches us."""
         user = target.user if hasattr(target, "user") else unescape(target.raw[4:].split(";", 1)[0])
-        contact = self.ctx.contact_for(leg.peer).strip("<>")
-        return contact.replace("sip:b2bua@", f"sip:{user}@" if user else "sip:", 1)
+        return self.ctx.contact_for(leg.peer, user=user or None).strip("<>")
 
     def _plan_transfer(self, leg: Leg, refer: ReferRequest) -> tuple[Address | None, Consultation | None]:
         """Where a REFER takes the transferee: a consultation call of ours (attended, early), or a

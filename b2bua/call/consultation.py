@@ -60,20 +60,21 @@ def find_leg(lookup: Lookup, call_id: str, local_tag: str, remote_tag: str) -> L
 
 def same_peer_address(leg: Leg, source: Address) -> bool:
     """A request from `source` comes from the signalling peer `leg` faces (see same_peer)."""
-    if leg.peer.host == source.host:
-        return True
-    target = leg.dialog.remote_target if leg.dialog is not None else None
-    return getattr(target, "host_bare", None) == source.host
+    return source.host in _peer_hosts(leg)
 
 
 def same_peer(a: Leg, b: Leg) -> bool:
-    """Both legs face the same signalling peer (host of the transport peer or of the Contact)."""
-    if a.peer.host == b.peer.host:
-        return True
-    ta = a.dialog.remote_target if a.dialog is not None else None
-    tb = b.dialog.remote_target if b.dialog is not None else None
-    host_a = getattr(ta, "host_bare", None)
-    return host_a is not None and host_a == getattr(tb, "host_bare", None)
+    """Both legs face the same signalling peer: the host of the transport peer or of the Contact."""
+    return bool(_peer_hosts(a) & _peer_hosts(b))
+
+
+def _peer_hosts(leg: Leg) -> set[str]:
+    hosts = {leg.peer.host}
+    target = leg.dialog.remote_target if leg.dialog is not None else None
+    host = getattr(target, "host_bare", None)
+    if host:
+        hosts.add(host)
+    return hosts
 
 
 def find_consultation(lookup: Lookup, requester: Leg, replaces: Replaces) -> Consultation | tuple[int, str] | None:

@@ -93,7 +93,6 @@ class Replacement(ReplacingInvite):
         super().__init__(call, invite, tx, source, Side.A)
         self.replaced = replaced
         self.staying = call.other(replaced)
-        self.moved = False  # the staying party accepted the new session
         self._offer = b""
         self._pending: Any = None  # our re-INVITE to the staying party, until its final response
         self._retries = 0
@@ -144,7 +143,6 @@ class Replacement(ReplacingInvite):
             status = resp.status if resp is not None else 408
             self._refuse(status if status != 491 else 486, resp.reason if resp is not None else None)
             return
-        self.moved = True
         if resp.body:
             self.staying.sdp.incoming(resp.body)
         if self.done:  # cancelled meanwhile: the staying party now points at a session nobody uses

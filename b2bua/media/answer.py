@@ -15,11 +15,10 @@ source's, which for the B2BUA means the relay's ports. Raises SdpError for SDP i
 
 from __future__ import annotations
 
-from rtp_relay.sdp import MediaDescription, SdpError, SessionDescription
+from rtp_relay.sdp import DIRECTIONS, MediaDescription, SdpError, SessionDescription
 
 __all__ = ["SdpError", "answer_with"]
 
-DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 _ANSWER_DIRECTION = {"sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
 
 

@@ -7,6 +7,7 @@ ports, and a dropped relay is really silent.
 
 from __future__ import annotations
 
+from b2bua.sip.address import Address
 from b2bua.sip.parser import parse_message
 from rtp_relay.sdp import SessionDescription
 
@@ -29,15 +30,17 @@ def relay_ports(w: Wire) -> set[int]:
     return {p.port for p in w.rtp.live_ports()}
 
 
-def establish(w: Wire, *, offer: bool = True):
+def establish(w: Wire, *, offer: bool = True, source: Address = CALLER):
+    """An answered call from the caller (sending from `source`) to bob: (a200, b_inv, b200)."""
     text, _ = invite()
-    w.inject(text, body=CALLER_SDP if offer else "")
+    w.inject(text, source, body=CALLER_SDP if offer else "")
     [b_inv] = w.requests(PBX, "INVITE")
     b200_text = response_to(b_inv, 200, "OK", extra="Content-Type: application/sdp")
     w.inject(b200_text, PBX, body=CALLEE_SDP)
-    [a200] = w.responses(CALLER, 200)
+    [a200] = w.responses(source, 200)
     w.inject(in_dialog("ACK", a200, cseq=1, branch="z9hG4bKack1", from_side_is_to=False,
-                       extra="" if offer else "Content-Type: application/sdp"), body="" if offer else CALLER_SDP)
+                       extra="" if offer else "Content-Type: application/sdp"), source,
+             body="" if offer else CALLER_SDP)
     b200 = parse_message((b200_text.replace("\n", "\r\n") + "\r\nContent-Length: 0\r\n\r\n").encode())
     return a200, b_inv, b200
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from b2bua.sip.address import Address
 from b2bua.sip.message import Request, Response
-from b2bua.sip.parser import parse_message
 from b2bua.sip.uri import unescape
 
 from .test_attended_transfer import answer, consult, reinvites
-from .test_call_media import CALLEE_SDP, CALLER_SDP
+from .test_call_media import CALLEE_SDP, CALLER_SDP, establish
 from .test_transfer import TARGET, wire
 from .wire import PBX, Wire, in_dialog, invite, response_to
 
@@ -23,21 +22,7 @@ ALICE_CONTACT = Address("udp", "127.0.0.1", 5070)  # where requests to alice go 
 
 
 def establish_from_alice(w: Wire) -> tuple[Response, Request, Response]:
-    text, _ = invite()
-    w.inject(text, ALICE, body=CALLER_SDP)
-    [b_inv] = w.requests(PBX, "INVITE")
-    w.inject(response_to(b_inv, 200, "OK", extra="Content-Type: application/sdp"), PBX, body=CALLEE_SDP)
-    [a200] = w.responses(ALICE, 200)
-    w.inject(in_dialog("ACK", a200, cseq=1, branch="z9hG4bKack1", from_side_is_to=False), ALICE)
-    return a200, b_inv, _b200(b_inv)
-
-
-def _b200(b_inv: Request) -> Response:
-    """The 200 bob sent, as a parsed message (the in-dialog helpers build requests from it)."""
-    text = response_to(b_inv, 200, "OK").replace("\n", "\r\n") + "\r\nContent-Length: 0\r\n\r\n"
-    msg = parse_message(text.encode())
-    assert isinstance(msg, Response)
-    return msg
+    return establish(w, source=ALICE)
 
 
 def bob_refers(w: Wire, b200: Response, refer_to: str) -> None:
