@@ -49,19 +49,15 @@ class Pickup(ReplacingInvite):
         self.media.offer(self.call.a.local_tag, self.leg.local_tag, caller_offer, self._caller_offered)
 
     def _caller_offered(self, body: bytes | None, error: str | None) -> None:
-        if self.done:
-            return
+        body = self._relay_reply(body)
         if body is None:
-            self._refuse(503, "Service Unavailable (media relay failed)")
             return
         self._toward_picker = body
         self.media.answer(self.call.a.local_tag, self.leg.local_tag, self.invite.body, self._picker_learnt)
 
     def _picker_learnt(self, body: bytes | None, error: str | None) -> None:
-        if self.done:
-            return
+        body = self._relay_reply(body)
         if body is None:
-            self._refuse(503, "Service Unavailable (media relay failed)")
             return
         try:
             to_picker = answer_with(self.invite.body, self._toward_picker)

@@ -68,6 +68,15 @@ class ReplacingInvite:
         self.ctx.respond(self.tx, build_response(self.invite, 200, to_tag=self.leg.local_tag, headers=headers,
                                                  body=self.leg.sdp.outgoing(body)))
 
+    def _relay_reply(self, body: bytes | None) -> bytes | None:
+        """The relay's SDP, or None when this reply ends the attempt: the INVITE was answered
+        meanwhile, or the relay failed (answered 503 here)."""
+        if self.done:
+            return None
+        if body is None:
+            self._refuse(503, "Service Unavailable (media relay failed)")
+        return body
+
     def cancelled(self) -> None:
         """CANCEL matched the new caller's INVITE (the core answered the CANCEL)."""
         self._refuse(487, None)
@@ -111,10 +120,8 @@ class Replacement(ReplacingInvite):
         self.media.offer(self.leg.local_tag, self.staying.local_tag, self.invite.body, self._offer_ready)
 
     def _offer_ready(self, body: bytes | None, error: str | None) -> None:
-        if self.done:
-            return
+        body = self._relay_reply(body)
         if body is None:
-            self._refuse(503, "Service Unavailable (media relay failed)")
             return
         try:
             self._offer = self.staying.sdp.outgoing(body)
