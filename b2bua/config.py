@@ -90,6 +90,9 @@ class RouteRule(_Section):
     user_prefix: str | None = None
     domain: str | None = None
     next_hop: str
+    # Calls this rule routes handle REFER this way (unset: `transfers.mode`), e.g. passthrough toward
+    # a PBX whose phones transfer among themselves, terminate toward a carrier that knows no REFER.
+    transfer_mode: Literal["terminate", "passthrough", "reject"] | None = None
 
     @field_validator("next_hop")
     @classmethod

@@ -177,11 +177,11 @@ class Core:
         if invite.headers.get("Replaces") is not None:
             self._invite_with_replaces(tx, invite, source)
             return
-        hop = self.router.route(invite.uri)
-        if hop is None:
+        route = self.router.decide(invite.uri)
+        if route is None:
             self.respond(tx, build_response(invite, 404, "Not Found (no route)"))
             return
-        call = Call(self, invite, tx, source, hop)
+        call = Call(self, invite, tx, source, route.next_hop, transfer_mode=route.transfer_mode)
         self.calls.add(call)
         self._call_txs[call] = [tx]
         self._tx_owner[tx] = call.a

@@ -98,8 +98,10 @@ def release_requests(invite: Request, resp: Response, fallback: Address) -> tupl
 
 class Call:
     def __init__(self, ctx: CallContext, invite: Request, a_tx: Any, source: Address,
-                 next_hop: Address) -> None:
+                 next_hop: Address, transfer_mode: str | None = None) -> None:
         self.ctx = ctx
+        # How REFERs in this call are handled: its route's mode, else `transfers.mode`.
+        self.transfer_mode: str = transfer_mode or ctx.transfers.mode
         self.state = CallState.CALLING
         self.result: str | None = None
         self.a_invite = invite
@@ -656,11 +658,12 @@ class Call:
     # -- transfers ---------------------------------------------------------------------------------
 
     def _on_refer(self, leg: Leg, tx: Any, req: Request) -> None:
-        """REFER from one party: refuse it, or carry the transfer out (`transfers.mode = terminate`)."""
+        """REFER from one party: refuse it, relay it (passthrough), or carry the transfer out
+        (terminate), per the call's `transfer_mode`."""
         ctx = self.ctx
         settings = ctx.transfers
         try:
-            if settings.mode == "reject":
+            if self.transfer_mode == "reject":
                 raise _Refused(403, "Forbidden (transfers are disabled)")
             if self.state is not CallState.CONFIRMED or not leg.confirmed:
                 raise _Refused(403, "Forbidden (no transfer before the call is answered)")
@@ -673,7 +676,7 @@ class Call:
             refer = parse_refer(req)
             if isinstance(refer, ReferError):
                 raise _Refused(refer.status, refer.reason)
-            if settings.mode == "passthrough" and self._pass_refer(leg, tx, req, refer):
+            if self.transfer_mode == "passthrough" and self._pass_refer(leg, tx, req, refer):
                 return
             hop, consultation = self._plan_transfer(leg, refer)
         except _Refused as refusal:

@@ -59,3 +59,12 @@ def test_cli_exits_2_naming_the_field_before_binding():
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert "routing.next_hop" in proc.stderr
+
+
+def test_a_routes_transfer_mode_is_checked_and_named(tmp_path):
+    f = tmp_path / "b.toml"
+    f.write_text('[[routing.rules]]\nuser_prefix = "9"\nnext_hop = "127.0.0.1:5090"\ntransfer_mode = "passthru"\n')
+    with pytest.raises(ConfigError, match=r"routing\.rules\.0\.transfer_mode"):
+        load_settings(str(f), environ={})
+    f.write_text('[[routing.rules]]\nuser_prefix = "9"\nnext_hop = "127.0.0.1:5090"\ntransfer_mode = "passthrough"\n')
+    assert load_settings(str(f), environ={}).routing.rules[0].transfer_mode == "passthrough"

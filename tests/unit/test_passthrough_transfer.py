@@ -128,3 +128,29 @@ def test_early_completion_in_passthrough_mode_is_done_by_the_b2bua():
     bob_refers(w, b200, f"<sip:carol@127.0.0.1?Replaces={replaces}>")
     assert w.responses(PBX, 202) and not w.requests(ALICE_CONTACT, "REFER")
     assert [r.call_id for r in w.responses(PBX, 487)] == [ringing.call_id]
+
+
+def _bob_routed(mode: str) -> dict:
+    """Calls to bob take a rule of their own with `transfer_mode`; transfers.mode stays terminate."""
+    return {"routing": {"next_hop": "127.0.0.1:5080", "rules": [
+        {"user_prefix": "bob", "next_hop": "127.0.0.1:5080", "transfer_mode": mode},
+        {"user_prefix": "carol", "next_hop": "127.0.0.1:5090"}]}}
+
+
+def test_a_routes_transfer_mode_overrides_the_global_mode():
+    w = Wire(relay=True, overrides=_bob_routed("passthrough"))
+    assert w.core.settings.transfers.mode == "terminate"
+    _, _, b200 = establish_from_alice(w)
+    bob_refers(w, b200, "<sip:carol@example.com>")
+    [refer] = w.requests(ALICE_CONTACT, "REFER")  # relayed, as passthrough does
+    assert refer.headers.get("Refer-To") == "<sip:carol@127.0.0.1:5060>"
+    assert not w.requests(TARGET, "INVITE")
+
+
+def test_a_route_can_refuse_transfers_while_others_carry_them_out():
+    w = Wire(relay=True, overrides=_bob_routed("reject"))
+    _, _, b200 = establish_from_alice(w)
+    bob_refers(w, b200, "<sip:carol@example.com>")
+    [refused] = w.responses(PBX, 403)
+    assert "transfers are disabled" in (refused.reason or "")
+    assert not w.requests(TARGET, "INVITE") and not w.requests(ALICE_CONTACT, "REFER")
