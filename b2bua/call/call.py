@@ -27,6 +27,7 @@ from ..sip.message import Headers, Request, Response, build_response
 from ..sip.uri import UriError, find_param, format_params, parse_params, parse_uri, unescape
 from .capabilities import ALLOW
 from .consultation import Consultation, find_consultation
+from .deflection import Deflection, request_uri
 from .header_policy import HeaderPolicy
 from .leg import Leg, Side
 from .pickup import Pickup
@@ -126,6 +127,7 @@ class Call:
         self._media_packets: int | None = None  # the relay's packet total at the last query
         self._media_quiet_since = 0.0  # when that total last moved (or the call was answered/held)
         self.transfer: Transfer | None = None
+        self.deflection: Deflection | None = None  # the ringing callee passes the call on (REFER)
         self._own: dict[Any, Any] = {}  # requests the call originates itself -> handler(tx, response)
         self._extra_legs: list[Leg] = []  # legs transfers added (registered with the core until the end)
         self.started_at = ctx.now()
@@ -170,12 +172,7 @@ class Call:
         ctx = self.ctx
         invite = self.a_invite
         hop = self.b.peer
-        uri = invite.uri
-        user = getattr(uri, "user", None)
-        host = hop.host_for_uri
-        ruri = f"sip:{user + '@' if user else ''}{host}:{hop.port}"
-        if hop.transport != "udp":
-            ruri += f";transport={hop.transport}"
+        ruri = request_uri(getattr(invite.uri, "user", None), hop)
         a_from, a_to = invite.from_, invite.to
         from_value = str(NameAddr(a_from.uri, a_from.display, (("tag", self.b.local_tag),)))
         to_value = str(NameAddr(a_to.uri, a_to.display))
@@ -258,6 +255,8 @@ class Call:
             self.ack(self.first_b, self.b_invite.cseq.seq, b"")
             self.release_leg(self.first_b, "Call completed elsewhere")
             return
+        if self.deflection is not None:
+            self.deflection.abandon("the callee answered")  # it keeps the call after all
         if self.state is CallState.CANCELLING or self.a_answered:
             # The 200 crossed our CANCEL (or the caller is gone): take the call and hang it up.
             self.ack(self.first_b, self.b_invite.cseq.seq, b"")
@@ -305,6 +304,10 @@ class Call:
 
     def _on_b_failure(self, resp: Response) -> None:
         self.b_final = True
+        if self._deflecting():
+            assert self.deflection is not None
+            self.deflection.callee_gave_up(resp.status, resp.reason)  # the target may still answer
+            return
         self._cancel_no_answer()
         if self.state is CallState.CANCELLING or self.a_answered:
             self._maybe_finish()
@@ -321,6 +324,10 @@ class Call:
     def on_invite_failed(self, transport_error: bool) -> None:
         """The B leg's INVITE got no final response (Timer B), or could not be sent at all."""
         self.b_final = True
+        if self._deflecting():
+            assert self.deflection is not None
+            self.deflection.callee_gave_up(503 if transport_error else 408, None)
+            return
         self._cancel_no_answer()
         if not self.a_answered and self.state is not CallState.CANCELLING:
             if transport_error:
@@ -346,6 +353,8 @@ class Call:
     def _give_up(self, result: str) -> None:
         self.result = result
         self._cancel_no_answer()
+        if self.deflection is not None:
+            self.deflection.abandon("the caller gave up")
         if self.replacement is not None:
             self.replacement.abandon()  # a pickup under way: the caller it would answer is gone
         if self.b.invite_tx is None:
@@ -370,6 +379,14 @@ class Call:
     def on_request(self, leg: Leg, tx: Any, req: Request) -> None:
         method = req.method
         dialog = leg.dialog
+        if dialog is None and method == "REFER" and leg is self.first_b:
+            early = leg.early.get(req.from_tag or "")
+            if early is not None:  # the ringing callee deflects the call (deflection.py)
+                if early.check_remote_cseq(req):
+                    self._on_early_refer(leg, early, tx, req)
+                else:
+                    self.ctx.respond(tx, build_response(req, 500, "Out of order CSeq"))
+                return
         if dialog is None or dialog.state is DialogState.TERMINATED:
             self.ctx.respond(tx, build_response(req, 481))
             return
@@ -499,6 +516,9 @@ class Call:
         if self.transfer is not None and tx is self.transfer.invite_tx:
             self.transfer.on_invite_response(resp)
             return
+        if self.deflection is not None and tx is self.deflection.invite_tx:
+            self.deflection.on_invite_response(resp)
+            return
         if tx in self._own:
             self._on_own_response(leg, tx, resp)
             return
@@ -571,6 +591,9 @@ class Call:
         if self.transfer is not None and tx is self.transfer.invite_tx:
             self.transfer.on_invite_failed(transport_error)
             return
+        if self.deflection is not None and tx is self.deflection.invite_tx:
+            self.deflection.on_invite_failed(transport_error)
+            return
         handler = self._own.pop(tx, None)
         if handler is not None:
             if tx.request.method == "INVITE":
@@ -639,6 +662,8 @@ class Call:
             return
         if self.transfer is not None and not self.transfer.finished:
             return  # the target's INVITE is still being cancelled
+        if self.deflection is not None and not self.deflection.finished:
+            return  # likewise
         if not self.b_final and not force:
             return
         if self.state in (CallState.ENDING, CallState.CANCELLING) or force:
@@ -661,7 +686,6 @@ class Call:
         """REFER from one party: refuse it, relay it (passthrough), or carry the transfer out
         (terminate), per the call's `transfer_mode`."""
         ctx = self.ctx
-        settings = ctx.transfers
         try:
             if self.transfer_mode == "reject":
                 raise _Refused(403, "Forbidden (transfers are disabled)")
@@ -680,15 +704,79 @@ class Call:
                 return
             hop, consultation = self._plan_transfer(leg, refer)
         except _Refused as refusal:
-            ctx.respond(tx, build_response(req, refusal.status, refusal.reason))
-            ctx.log_event(self, "refer_refused", side=leg.label, status=refusal.status, reason=refusal.reason)
+            self._refuse_refer(leg, tx, req, refusal)
             return
-        # The subscription outlives the target's ringing (RFC 3515 §2.4.6 lets us choose its expiry).
-        expires = int(max(settings.notify_expires_s, ctx.no_answer_timeout + 30))
-        self.transfer = Transfer(self, leg, refer, hop, expires, consultation)
-        ctx.respond(tx, build_response(req, 202, headers=[*refer.accept_headers(),
-                                                          ("Contact", ctx.contact_for(leg.peer))]))
+        self.transfer = Transfer(self, leg, refer, hop, self._refer_expiry(), consultation)
+        self._accept_refer(leg, tx, req, refer)
         self.transfer.start()
+
+    def _on_early_refer(self, leg: Leg, early: Dialog, tx: Any, req: Request) -> None:
+        """REFER in the ringing callee's early dialog: deflect the call to its target (deflection.py)."""
+        ctx = self.ctx
+        try:
+            if self.transfer_mode == "reject":
+                raise _Refused(403, "Forbidden (transfers are disabled)")
+            if ctx.transfers.reject_early_dialog_refer:
+                raise _Refused(403, "Forbidden (no REFER before the call is answered)")
+            if not self.ringing() or self.first_b is not self.b:
+                raise _Refused(481, "Call/Transaction Does Not Exist (the call no longer rings)")
+            if self.deflection is not None or self.replacement is not None:
+                raise _Refused(491, "Request Pending (the call is already being passed on)")
+            if not ctx.refer_allowed(leg):
+                raise _Refused(403, "Forbidden (too many REFERs in this dialog)")
+            refer = parse_refer(req)
+            if isinstance(refer, ReferError):
+                raise _Refused(refer.status, refer.reason)
+            if refer.replaces is not None:
+                raise _Refused(403, "Forbidden (an unanswered call can only be passed to a new target)")
+            if not self.a_invite.body:
+                raise _Refused(501, "Not Implemented (deflecting a call whose INVITE had no SDP offer)")
+            hop, _ = self._plan_transfer(leg, refer)
+            assert hop is not None
+        except _Refused as refusal:
+            self._refuse_refer(leg, tx, req, refusal)
+            return
+        self.deflection = Deflection(self, leg, early, refer, hop, self._refer_expiry())
+        self._accept_refer(leg, tx, req, refer)
+        self.deflection.start()
+
+    def _refuse_refer(self, leg: Leg, tx: Any, req: Request, refusal: _Refused) -> None:
+        self.ctx.respond(tx, build_response(req, refusal.status, refusal.reason))
+        self.ctx.log_event(self, "refer_refused", side=leg.label, status=refusal.status, reason=refusal.reason)
+
+    def _refer_expiry(self) -> int:
+        """The refer subscription outlives the target's ringing (RFC 3515 §2.4.6 lets us choose)."""
+        return int(max(self.ctx.transfers.notify_expires_s, self.ctx.no_answer_timeout + 30))
+
+    def _accept_refer(self, leg: Leg, tx: Any, req: Request, refer: ReferRequest) -> None:
+        self.ctx.respond(tx, build_response(req, 202, headers=[*refer.accept_headers(),
+                                                               ("Contact", self.ctx.contact_for(leg.peer))]))
+
+    def _deflecting(self) -> bool:
+        """A deflection may still answer the caller (the phone's own failure must wait for it)."""
+        d = self.deflection
+        return d is not None and d.active and self.state is not CallState.CANCELLING and not self.a_answered
+
+    def ringing_for_deflection(self) -> bool:
+        """The caller still waits for an answer (the deflecting phone may have given up)."""
+        return not self.a_answered and self.state in (CallState.CALLING, CallState.EARLY)
+
+    def deflection_settled(self, deflection: Deflection) -> None:
+        if self.deflection is not deflection or not deflection.finished:
+            return
+        self.deflection = None
+        # A caller already answered with a failure (or gone) and nothing else left: the call ends.
+        self._maybe_finish(force=self.a_answered and self.state is not CallState.CONFIRMED)
+
+    def deflection_failed_after_callee(self, status: int, reason: str | None) -> None:
+        """Both the deflecting phone and the target declined: the caller hears the target's status."""
+        if not self.ringing_for_deflection():
+            return
+        self._cancel_no_answer()
+        mapped = _STATUS_MAP.get(status, status)
+        self._respond_a(mapped, reason if mapped == status else None)
+        self.result = "rejected"
+        self._finish()
 
     def _pass_refer(self, leg: Leg, tx: Any, req: Request, refer: ReferRequest) -> bool:
         """`transfers.mode = passthrough`: relay the REFER to the other party, which then transfers
@@ -789,7 +877,7 @@ class Call:
     def busy(self) -> bool:
         """Something is under way that lending our legs to a transfer would break."""
         return (self.transfer is not None or self.lent is not None or self.replacement is not None
-                or self.a.reinvite_pending or self.b.reinvite_pending
+                or self.deflection is not None or self.a.reinvite_pending or self.b.reinvite_pending
                 or any(pair is not None for pair in self._relays.values()))
 
     def ringing(self) -> bool:
@@ -841,7 +929,7 @@ class Call:
         if replaces.early_only and replaced.confirmed:
             return (486, "Busy Here (early-only names a confirmed dialog)")
         if self.ringing() and not replaced.confirmed:
-            if replaced is not self.first_b or self.replacement is not None:
+            if replaced is not self.first_b or self.replacement is not None or self.deflection is not None:
                 return (481, "Call/Transaction Does Not Exist (only the ringing side can be picked up)")
             self.replacement = Pickup(self, replaced, invite, tx, source)
             return self.replacement
@@ -854,8 +942,9 @@ class Call:
         self.replacement = Replacement(self, replaced, invite, tx, source)
         return self.replacement
 
-    def picked_up(self, body: bytes) -> None:
-        """A pickup joined the caller to a new party: answer the caller, stop the phone that rang."""
+    def picked_up(self, body: bytes, how: str = "pickup") -> None:
+        """A pickup (or deflection) joined the caller to a new party: answer the caller, stop the
+        phone that rang."""
         self._cancel_no_answer()
         self.a_answered = True
         assert self.a.dialog is not None
@@ -868,7 +957,7 @@ class Call:
             self.a_invite, 200, to_tag=self.a.local_tag, headers=headers, body=self.a.sdp.outgoing(body)))
         if not self.b_final and self.b_invite_tx is not None:
             self.ctx.cancel(self.b_invite_tx)
-        self.ctx.log_event(self, "call_answered", picked_up=True)
+        self.ctx.log_event(self, "call_answered", answered_by=how)
         self._watch_media(answered=True)
 
     def replacement_settled(self, replacement: ReplacingInvite) -> None:
@@ -907,8 +996,10 @@ class Call:
         if method == "INVITE":
             extra.append(("Contact", self.ctx.contact_for(leg.peer)))
             leg.reinvite_pending = True
-        req = leg.dialog.create_request(method, extra, body)
-        tx = self.ctx.send_request(leg, req, leg.destination())
+        return self.send_own_request(leg, leg.dialog.create_request(method, extra, body), leg.destination(), handler)
+
+    def send_own_request(self, leg: Leg, req: Request, dest: Address, handler: Any) -> Any:
+        tx = self.ctx.send_request(leg, req, dest)
         self._own[tx] = handler
         return tx
 
