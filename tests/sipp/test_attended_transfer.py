@@ -33,12 +33,9 @@ import pytest
 
 from . import rtp
 from .harness import Metrics, TracedMessage
-from .transfers import assert_talking, heard, origin, received, sipfrag, tag
+from .transfers import AFTER_TRANSFER, assert_talking, heard, origin, received, sipfrag, tag
 
 pytestmark = [pytest.mark.sipp, pytest.mark.usefixtures("raw_sockets")]  # rig: conftest
-
-# What alice (the transferee) and carol (the target) play once the transfer is done.
-AFTER_TRANSFER = rtp.ScenarioMedia(uac=("rtp_a3.pcap",), uas=("rtp_b3.pcap",))
 
 
 # -- reading the traces -----------------------------------------------------------------------------
@@ -123,7 +120,7 @@ def test_attended_transfer_by_the_callee(rig, hold):
     [b_inv] = received(bob.message_file, "INVITE")
     assert c_inv.header("Call-ID") != b_inv.header("Call-ID")  # carol's leg has a Call-ID of its own
     assert_bob_released(bob.message_file, "SIPpTag01", "SIPpTag11")
-    assert_talking(sn, r, alice, carol, AFTER_TRANSFER, left_out=bob)
+    assert_talking(sn, r.daemon, alice, carol, AFTER_TRANSFER, left_out=bob)
 
     m = r.daemon.settled()
     assert_transferred(m, "attended")
@@ -156,7 +153,7 @@ def test_attended_transfer_by_the_caller(rig):
     bob_call_id = received(bob.message_file, "SIP/2.0 200")[0].header("Call-ID")
     assert c_inv.header("Call-ID") != bob_call_id
     assert_bob_released(bob.message_file, "SIPpTag00", "SIPpTag10")
-    assert_talking(sn, r, alice, carol, AFTER_TRANSFER, left_out=bob)
+    assert_talking(sn, r.daemon, alice, carol, AFTER_TRANSFER, left_out=bob)
 
     m = r.daemon.settled()
     assert_transferred(m, "attended")
@@ -198,7 +195,7 @@ def test_supervised_transfer(rig, target, transferor, transferee):
     assert sdp_attr(a_invites[-1], "sendrecv"), a_invites[-1].text
 
     assert_bob_released(bob.message_file, "SIPpTag01", "SIPpTag11")
-    assert_talking(sn, r, alice, carol, AFTER_TRANSFER, left_out=bob)
+    assert_talking(sn, r.daemon, alice, carol, AFTER_TRANSFER, left_out=bob)
     m = r.daemon.settled()
     assert_transferred(m, "attended")
 
@@ -234,7 +231,7 @@ def test_early_completion_target_answers(rig):
     [_, a_moved] = received(alice.message_file, "INVITE")
     assert "a=x-party:carol" in a_moved.text
 
-    assert_talking(sn, r, alice, carol, AFTER_TRANSFER, left_out=bob)
+    assert_talking(sn, r.daemon, alice, carol, AFTER_TRANSFER, left_out=bob)
     m = r.daemon.settled()
     assert_transferred(m, "early")
 

@@ -110,7 +110,7 @@ def test_blind_transfer_target_never_answers(rig, transferor):
 
     assert_bob_kept_alice(alice, bob, [
         "SIP/2.0 100 Trying", "SIP/2.0 180 Ringing", "SIP/2.0 408 Request Timeout (no answer)"])
-    assert_talking(sn, r, alice, bob, TALK, left_out=result.target)
+    assert_talking(sn, r.daemon, alice, bob, TALK, left_out=result.target)
 
     m = r.daemon.settled()
     assert_failed_blind(m)
@@ -146,7 +146,7 @@ def test_blind_transfer_to_an_unreachable_target(rig, transferor, transport):
     if transport == "tcp" and frags[-1:] == ["SIP/2.0 503 Service Unavailable"]:
         failure = frags[-1]  # a refused connection reported as a transport error: also right
     assert_bob_kept_alice(alice, bob, ["SIP/2.0 100 Trying", failure])
-    assert_talking(sn, r, alice, bob, TALK)
+    assert_talking(sn, r.daemon, alice, bob, TALK)
 
     m = r.daemon.settled()
     assert_failed_blind(m)

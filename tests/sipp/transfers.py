@@ -124,7 +124,11 @@ def local_port(cmd: str) -> int:
 # -- media ------------------------------------------------------------------------------------------
 
 
-def assert_talking(sniffer: rtp.LoopbackSniffer, rig: TransferRig, one: AgentResult, other: AgentResult,
+# What the transferee (media.uac) and the target (media.uas) play once a transfer is done.
+AFTER_TRANSFER = rtp.ScenarioMedia(uac=("rtp_a3.pcap",), uas=("rtp_b3.pcap",))
+
+
+def assert_talking(sniffer: rtp.LoopbackSniffer, daemon: Daemon, one: AgentResult, other: AgentResult,
                    media: rtp.ScenarioMedia, left_out: AgentResult | None = None) -> None:
     """The RTP `one` and `other` played (`media.uac` and `media.uas`: what each plays) reached the
     other party, every packet exactly once, through relay ports only; none of it reached
@@ -132,7 +136,7 @@ def assert_talking(sniffer: rtp.LoopbackSniffer, rig: TransferRig, one: AgentRes
     pair = types.SimpleNamespace(uac=one, uas=other)
     d = rtp.media_delivery(sniffer, pair, media)
     rtp.assert_media_delivered(d)
-    relay = rig.daemon.relay_ports
+    relay = daemon.relay_ports
     for addr in (*d.media.a.peer, *d.media.b.peer):
         assert addr[0] == "127.0.0.1" and addr[1] in relay, d.describe()
     assert not set(d.media.a.peer) & set(d.media.b.own), d.describe()
