@@ -114,9 +114,9 @@ def origin(msg: TracedMessage) -> tuple[str, int]:
     return fields[1], int(fields[2])
 
 
-def local_port(cmd: str) -> int:
-    """The SIP port of a SIPp agent, from its command line."""
-    m = re.search(r"-p '(\d+)'", cmd)
+def local_port(cmd: str, option: str = "-p") -> int:
+    """The SIP port of a SIPp agent, from its command line (``option="-mp"``: its first media port)."""
+    m = re.search(rf"{option} '(\d+)'", cmd)
     assert m, cmd
     return int(m.group(1))
 
