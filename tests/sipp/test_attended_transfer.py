@@ -200,11 +200,24 @@ def test_supervised_transfer(rig, target, transferor, transferee):
     assert_transferred(m, "attended")
 
 
-def test_early_completion_target_answers(rig):
+# Early completion cannot be left to the endpoints (they would answer 481: RFC 3891), so in
+# passthrough mode too the daemon carries it out itself, exactly as in terminate mode: the REFER is
+# not relayed to alice.
+MODES = {"terminate": "", "passthrough": '[transfers]\nmode = "passthrough"\n'}
+
+
+def assert_refer_not_relayed(m: Metrics, events: list[str]) -> None:
+    assert m.relayed("REFER") == (1, 0), m
+    assert m.relayed("NOTIFY") == (0, 2), m  # the daemon's own two, to bob
+    assert "refer_relayed" not in events, events
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_early_completion_target_answers(rig, mode):
     """bob REFERs alice to carol while carol still rings (Replaces names the early dialog): bob is
     released at once (487 to his consultation INVITE, NOTIFY 200, BYE); when carol answers 1 s
     later the daemon ACKs her, re-INVITEs her onto alice's media and alice onto hers."""
-    r = rig()
+    r = rig(MODES[mode])
     with rtp.sniffing() as sn:
         result = r.run(
             "uas_early_target.xml",
@@ -234,13 +247,15 @@ def test_early_completion_target_answers(rig):
     assert_talking(sn, r.daemon, alice, carol, AFTER_TRANSFER, left_out=bob)
     m = r.daemon.settled()
     assert_transferred(m, "early")
+    assert_refer_not_relayed(m, r.event_names())
 
 
-def test_early_completion_target_never_answers(rig):
+@pytest.mark.parametrize("mode", MODES)
+def test_early_completion_target_never_answers(rig, mode):
     """The same early REFER, but carol never answers: after calls.no_answer_timeout_s (3 s here,
     counted from bob's consultation INVITE) the daemon CANCELs her, and hangs alice up, since bob,
     whom she would go back to, was released at the REFER."""
-    r = rig("\n[calls]\nno_answer_timeout_s = 3\n")
+    r = rig(MODES[mode] + "\n[calls]\nno_answer_timeout_s = 3\n")
     result = r.run(
         "uas_target_noanswer.xml",
         "uas_early_transferor.xml",
@@ -270,6 +285,7 @@ def test_early_completion_target_never_answers(rig):
     assert m.get("b2bua_active_calls") == 0 and m.get("b2bua_media_sessions") == 0, m
     events = r.event_names()
     assert "transfer_failed" in events and "transfer_completed" not in events, events
+    assert_refer_not_relayed(m, events)
 
 
 def test_target_refusing_the_join_leaves_both_calls_up(rig):
