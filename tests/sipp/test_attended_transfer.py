@@ -212,28 +212,32 @@ def assert_refer_not_relayed(m: Metrics, events: list[str]) -> None:
     assert "refer_relayed" not in events, events
 
 
+@pytest.mark.parametrize("transferor", ["callee", "caller"])
 @pytest.mark.parametrize("mode", MODES)
-def test_early_completion_target_answers(rig, mode):
+def test_early_completion_target_answers(rig, mode, transferor):
     """bob REFERs alice to carol while carol still rings (Replaces names the early dialog): bob is
     released at once (487 to his consultation INVITE, NOTIFY 200, BYE); when carol answers 1 s
-    later the daemon ACKs her, re-INVITEs her onto alice's media and alice onto hers."""
+    later the daemon ACKs her, re-INVITEs her onto alice's media and alice onto hers. bob is the
+    callee of call 1, or its caller (his consultation is then a second INVITE of his UAC call)."""
     r = rig(MODES[mode])
+    hold, held = {"key_vals": {"hold": "sendonly"}}, {"key_vals": {"held": "recvonly"}}
     with rtp.sniffing() as sn:
-        result = r.run(
-            "uas_early_target.xml",
-            "uas_early_transferor.xml",
-            "uac_attended_transferee.xml",
-            uas_opts={"key_vals": {"hold": "sendonly"}},
-            uac_opts={"key_vals": {"held": "recvonly"}},
-        )
-    alice, bob, carol = result.uac, result.uas, result.target
+        if transferor == "callee":
+            result = r.run("uas_early_target.xml", "uas_early_transferor.xml", "uac_attended_transferee.xml",
+                           uas_opts=hold, uac_opts=held)
+            alice, bob, bob_call1 = result.uac, result.uas, "SIPpTag01"
+        else:
+            result = r.run("uas_early_target.xml", "uas_attended_transferee.xml", "uac_early_transferor.xml",
+                           uas_opts=held, uac_opts=hold)
+            alice, bob, bob_call1 = result.uas, result.uac, "SIPpTag00"
+    carol = result.target
 
     after_refer = after("SIP/2.0 202", heard(bob.message_file))
     assert after_refer == ["SIP/2.0 202", "NOTIFY", "SIP/2.0 487", "NOTIFY", "BYE"], after_refer
     notifies = received(bob.message_file, "NOTIFY")
     assert [sipfrag(n) for n in notifies] == ["SIP/2.0 100 Trying", "SIP/2.0 200 OK"], [n.text for n in notifies]
     [bye] = received(bob.message_file, "BYE")
-    assert "SIPpTag01" in tag(bye.header("To")), bye.text  # call 1; the consultation ended with the 487
+    assert bob_call1 in tag(bye.header("To")), bye.text  # call 1; the consultation ended with the 487
 
     [c_inv, c_moved] = received(carol.message_file, "INVITE")
     assert tag(c_moved.header("From")) == tag(c_inv.header("From")), "carol was called again"
@@ -241,8 +245,9 @@ def test_early_completion_target_answers(rig, mode):
     assert "a=x-party:alice" in c_moved.text
     assert len(received(carol.message_file, "ACK")) == 2  # her 200 to the INVITE, then to the re-INVITE
     assert not received(carol.message_file, "CANCEL")
-    [_, a_moved] = received(alice.message_file, "INVITE")
-    assert "a=x-party:carol" in a_moved.text
+    a_invites = received(alice.message_file, "INVITE")
+    assert len(a_invites) == (2 if transferor == "callee" else 3), [t.text for t in a_invites]  # hold, move
+    assert "a=x-party:carol" in a_invites[-1].text
 
     assert_talking(sn, r.daemon, alice, carol, AFTER_TRANSFER, left_out=bob)
     m = r.daemon.settled()
