@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from . import rtp
 from .harness import SIPP_BIN, Daemon, DaemonError, PairResult, direct_mode, run_sipp_pair
+from .transfers import TransferRig, start_rig
 
 # every test in this directory gets this wall-clock bound unless it says otherwise
 DEFAULT_TEST_TIMEOUT_S = 45
@@ -117,3 +119,21 @@ def sipp_pair(tmp_path: Path) -> Callable[..., PairResult]:
 def needs_daemon() -> None:
     if direct_mode():
         pytest.skip("checks daemon behaviour; not meaningful in B2BUA_SIPP_DIRECT mode")
+
+
+@pytest.fixture
+def raw_sockets() -> None:
+    """SIPp's pcap player and the loopback sniffer (tests/sipp/rtp.py) need root or CAP_NET_RAW."""
+    if not rtp.raw_sockets_available():
+        pytest.skip("SIPp's pcap player and the loopback sniffer need root or CAP_NET_RAW")
+
+
+@pytest.fixture
+def rig(start_daemon: Callable[..., Daemon], tmp_path: Path, needs_daemon) -> Callable[..., TransferRig]:
+    """``rig(extra_toml, rules={user prefix: next hop})``: a daemon routing "carol" (and "900...") to
+    the target agent's port (transfers.start_rig). A test module may define its own ``rig``."""
+
+    def make(extra_toml: str = "", rules: dict[str, str] | None = None) -> TransferRig:
+        return start_rig(start_daemon, tmp_path, extra_toml, rules)
+
+    return make

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import errno
 import json
 import os
@@ -462,6 +463,7 @@ class AgentResult:
 
 
 _TRACE_RE = re.compile(
+    r"(?:-{20,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)[ \t]*\n)?"
     r"(UDP|TCP|TLS|SCTP) message (sent|received) (?:\((\d+) bytes\)|\[(\d+)\] bytes)\s*:\s*\n+(.*?)(?=\n-{20,} |\Z)",
     re.S,
 )
@@ -473,6 +475,7 @@ class TracedMessage:
     direction: str  # "sent" | "received"
     size: int
     text: str
+    at: datetime.datetime | None = None  # when SIPp traced it (the agents share this machine's clock)
 
     @property
     def first_line(self) -> str:
@@ -492,7 +495,8 @@ def traced_messages(message_file: Path) -> list[TracedMessage]:
     """Messages from a SIPp ``-trace_msg`` file, in order."""
     text = Path(message_file).read_text(errors="replace")
     return [
-        TracedMessage(m.group(1), m.group(2), int(m.group(3) or m.group(4)), m.group(5).strip("\n"))
+        TracedMessage(m.group(2), m.group(3), int(m.group(4) or m.group(5)), m.group(6).strip("\n"),
+                      datetime.datetime.fromisoformat(m.group(1)) if m.group(1) else None)
         for m in _TRACE_RE.finditer(text)
     ]
 
@@ -879,16 +883,19 @@ def parse_response(data: bytes) -> SipResponse:
 
 
 class RawSip:
-    """A UDP (or TCP) socket on 127.0.0.1 for hand-made SIP messages to the daemon."""
+    """A UDP (or TCP) socket on 127.0.0.1 for hand-made SIP messages to the daemon.
 
-    def __init__(self, port: int, transport: str = "udp"):
+    ``host``: the loopback address it sends from (127.0.0.2 is another signalling peer)."""
+
+    def __init__(self, port: int, transport: str = "udp", host: str = LOOPBACK):
         self.dest = (LOOPBACK, port)
         self.transport = transport
+        self.host = host
         if transport == "udp":
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self.sock.bind((LOOPBACK, 0))
+            self.sock.bind((host, 0))
         else:
-            self.sock = socket.create_connection(self.dest, timeout=3)
+            self.sock = socket.create_connection(self.dest, timeout=3, source_address=(host, 0))
         self.local_port = self.sock.getsockname()[1]
         self._buf = b""
 
@@ -917,13 +924,13 @@ class RawSip:
         branch = "z9hG4bK-raw-" + uuid.uuid4().hex[:16]
         tport = "UDP" if self.transport == "udp" else "TCP"
         base: dict[str, str | None] = {
-            "Via": f"SIP/2.0/{tport} {LOOPBACK}:{self.local_port};branch={branch};rport",
+            "Via": f"SIP/2.0/{tport} {self.host}:{self.local_port};branch={branch};rport",
             "Max-Forwards": "70",
-            "From": f"<sip:raw@{LOOPBACK}:{self.local_port}>;tag=raw{uuid.uuid4().hex[:8]}",
+            "From": f"<sip:raw@{self.host}:{self.local_port}>;tag=raw{uuid.uuid4().hex[:8]}",
             "To": f"<sip:service@{LOOPBACK}:{self.dest[1]}>",
-            "Call-ID": call_id or f"raw-{uuid.uuid4().hex}@{LOOPBACK}",
+            "Call-ID": call_id or f"raw-{uuid.uuid4().hex}@{self.host}",
             "CSeq": cseq or f"1 {method}",
-            "Contact": f"<sip:raw@{LOOPBACK}:{self.local_port}>",
+            "Contact": f"<sip:raw@{self.host}:{self.local_port}>",
         }
         for k, v in (headers or {}).items():
             base[k] = v

@@ -27,36 +27,15 @@ need root or CAP_NET_RAW, as in test_media.py.
 from __future__ import annotations
 
 import re
-import types
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from . import rtp
-from .harness import Daemon, Metrics, TracedMessage
-from .transfers import TransferRig, heard, origin, received, sipfrag, start_rig, tag
+from .harness import Metrics, TracedMessage
+from .transfers import AFTER_TRANSFER, assert_talking, heard, origin, received, sipfrag, tag
 
-pytestmark = pytest.mark.sipp
-
-# What alice (the transferee) and carol (the target) play once the transfer is done.
-AFTER_TRANSFER = rtp.ScenarioMedia(uac=("rtp_a3.pcap",), uas=("rtp_b3.pcap",))
-
-
-@pytest.fixture(autouse=True)
-def _needs_raw_sockets() -> None:
-    if not rtp.raw_sockets_available():
-        pytest.skip("SIPp's pcap player and the loopback sniffer need root or CAP_NET_RAW")
-
-
-@pytest.fixture
-def rig(start_daemon: Callable[..., Daemon], tmp_path: Path, needs_daemon) -> Callable[..., TransferRig]:
-    """``rig(extra_toml)``: a daemon routing "carol" to the target agent's port."""
-
-    def make(extra: str = "") -> TransferRig:
-        return start_rig(start_daemon, tmp_path, extra)
-
-    return make
+pytestmark = [pytest.mark.sipp, pytest.mark.usefixtures("raw_sockets")]  # rig: conftest
 
 
 # -- reading the traces -----------------------------------------------------------------------------
@@ -69,25 +48,6 @@ def after(what: str, messages: list[str]) -> list[str]:
 
 def sdp_attr(msg: TracedMessage, pattern: str) -> bool:
     return re.search(rf"(?m)^a={pattern}\s*$", msg.text) is not None
-
-
-# -- media ----------------------------------------------------------------------------------------
-
-
-def assert_talking(sniffer: rtp.LoopbackSniffer, rig: TransferRig, transferee, target, transferor) -> None:
-    """alice's and carol's RTP after the transfer reached each other, every packet exactly once,
-    through relay ports only; none of it reached bob (released)."""
-    pair = types.SimpleNamespace(uac=transferee, uas=target)
-    d = rtp.media_delivery(sniffer, pair, AFTER_TRANSFER)
-    rtp.assert_media_delivered(d)
-    relay = rig.daemon.relay_ports
-    for addr in (*d.media.a.peer, *d.media.b.peer):
-        assert addr[0] == "127.0.0.1" and addr[1] in relay, d.describe()
-    assert not set(d.media.a.peer) & set(d.media.b.own), d.describe()
-    assert not set(d.media.b.peer) & set(d.media.a.own), d.describe()
-    bob = rtp.side_media(transferor.message_file)
-    to_bob = [x for x in sniffer.rtp() if any(x.dst == own for own in bob.own)]
-    assert not to_bob, f"RTP reached the released transferor: {to_bob[:5]}"
 
 
 # -- checks shared by the flows -----------------------------------------------------------------------
@@ -160,7 +120,7 @@ def test_attended_transfer_by_the_callee(rig, hold):
     [b_inv] = received(bob.message_file, "INVITE")
     assert c_inv.header("Call-ID") != b_inv.header("Call-ID")  # carol's leg has a Call-ID of its own
     assert_bob_released(bob.message_file, "SIPpTag01", "SIPpTag11")
-    assert_talking(sn, r, alice, carol, bob)
+    assert_talking(sn, r.daemon, alice, carol, AFTER_TRANSFER, left_out=bob)
 
     m = r.daemon.settled()
     assert_transferred(m, "attended")
@@ -193,7 +153,7 @@ def test_attended_transfer_by_the_caller(rig):
     bob_call_id = received(bob.message_file, "SIP/2.0 200")[0].header("Call-ID")
     assert c_inv.header("Call-ID") != bob_call_id
     assert_bob_released(bob.message_file, "SIPpTag00", "SIPpTag10")
-    assert_talking(sn, r, alice, carol, bob)
+    assert_talking(sn, r.daemon, alice, carol, AFTER_TRANSFER, left_out=bob)
 
     m = r.daemon.settled()
     assert_transferred(m, "attended")
@@ -235,32 +195,49 @@ def test_supervised_transfer(rig, target, transferor, transferee):
     assert sdp_attr(a_invites[-1], "sendrecv"), a_invites[-1].text
 
     assert_bob_released(bob.message_file, "SIPpTag01", "SIPpTag11")
-    assert_talking(sn, r, alice, carol, bob)
+    assert_talking(sn, r.daemon, alice, carol, AFTER_TRANSFER, left_out=bob)
     m = r.daemon.settled()
     assert_transferred(m, "attended")
 
 
-def test_early_completion_target_answers(rig):
+# Early completion cannot be left to the endpoints (they would answer 481: RFC 3891), so in
+# passthrough mode too the daemon carries it out itself, exactly as in terminate mode: the REFER is
+# not relayed to alice.
+MODES = {"terminate": "", "passthrough": '[transfers]\nmode = "passthrough"\n'}
+
+
+def assert_refer_not_relayed(m: Metrics, events: list[str]) -> None:
+    assert m.relayed("REFER") == (1, 0), m
+    assert m.relayed("NOTIFY") == (0, 2), m  # the daemon's own two, to bob
+    assert "refer_relayed" not in events, events
+
+
+@pytest.mark.parametrize("transferor", ["callee", "caller"])
+@pytest.mark.parametrize("mode", MODES)
+def test_early_completion_target_answers(rig, mode, transferor):
     """bob REFERs alice to carol while carol still rings (Replaces names the early dialog): bob is
     released at once (487 to his consultation INVITE, NOTIFY 200, BYE); when carol answers 1 s
-    later the daemon ACKs her, re-INVITEs her onto alice's media and alice onto hers."""
-    r = rig()
+    later the daemon ACKs her, re-INVITEs her onto alice's media and alice onto hers. bob is the
+    callee of call 1, or its caller (his consultation is then a second INVITE of his UAC call)."""
+    r = rig(MODES[mode])
+    hold, held = {"key_vals": {"hold": "sendonly"}}, {"key_vals": {"held": "recvonly"}}
     with rtp.sniffing() as sn:
-        result = r.run(
-            "uas_early_target.xml",
-            "uas_early_transferor.xml",
-            "uac_attended_transferee.xml",
-            uas_opts={"key_vals": {"hold": "sendonly"}},
-            uac_opts={"key_vals": {"held": "recvonly"}},
-        )
-    alice, bob, carol = result.uac, result.uas, result.target
+        if transferor == "callee":
+            result = r.run("uas_early_target.xml", "uas_early_transferor.xml", "uac_attended_transferee.xml",
+                           uas_opts=hold, uac_opts=held)
+            alice, bob, bob_call1 = result.uac, result.uas, "SIPpTag01"
+        else:
+            result = r.run("uas_early_target.xml", "uas_attended_transferee.xml", "uac_early_transferor.xml",
+                           uas_opts=held, uac_opts=hold)
+            alice, bob, bob_call1 = result.uas, result.uac, "SIPpTag00"
+    carol = result.target
 
     after_refer = after("SIP/2.0 202", heard(bob.message_file))
     assert after_refer == ["SIP/2.0 202", "NOTIFY", "SIP/2.0 487", "NOTIFY", "BYE"], after_refer
     notifies = received(bob.message_file, "NOTIFY")
     assert [sipfrag(n) for n in notifies] == ["SIP/2.0 100 Trying", "SIP/2.0 200 OK"], [n.text for n in notifies]
     [bye] = received(bob.message_file, "BYE")
-    assert "SIPpTag01" in tag(bye.header("To")), bye.text  # call 1; the consultation ended with the 487
+    assert bob_call1 in tag(bye.header("To")), bye.text  # call 1; the consultation ended with the 487
 
     [c_inv, c_moved] = received(carol.message_file, "INVITE")
     assert tag(c_moved.header("From")) == tag(c_inv.header("From")), "carol was called again"
@@ -268,21 +245,24 @@ def test_early_completion_target_answers(rig):
     assert "a=x-party:alice" in c_moved.text
     assert len(received(carol.message_file, "ACK")) == 2  # her 200 to the INVITE, then to the re-INVITE
     assert not received(carol.message_file, "CANCEL")
-    [_, a_moved] = received(alice.message_file, "INVITE")
-    assert "a=x-party:carol" in a_moved.text
+    a_invites = received(alice.message_file, "INVITE")
+    assert len(a_invites) == (2 if transferor == "callee" else 3), [t.text for t in a_invites]  # hold, move
+    assert "a=x-party:carol" in a_invites[-1].text
 
-    assert_talking(sn, r, alice, carol, bob)
+    assert_talking(sn, r.daemon, alice, carol, AFTER_TRANSFER, left_out=bob)
     m = r.daemon.settled()
     assert_transferred(m, "early")
+    assert_refer_not_relayed(m, r.event_names())
 
 
-def test_early_completion_target_never_answers(rig):
+@pytest.mark.parametrize("mode", MODES)
+def test_early_completion_target_never_answers(rig, mode):
     """The same early REFER, but carol never answers: after calls.no_answer_timeout_s (3 s here,
     counted from bob's consultation INVITE) the daemon CANCELs her, and hangs alice up, since bob,
     whom she would go back to, was released at the REFER."""
-    r = rig("\n[calls]\nno_answer_timeout_s = 3\n")
+    r = rig(MODES[mode] + "\n[calls]\nno_answer_timeout_s = 3\n")
     result = r.run(
-        "uas_early_target_noanswer.xml",
+        "uas_target_noanswer.xml",
         "uas_early_transferor.xml",
         "uac_early_transferee_abandoned.xml",
         uas_opts={"key_vals": {"hold": "sendonly"}},
@@ -296,6 +276,7 @@ def test_early_completion_target_never_answers(rig):
 
     assert heard(carol.message_file) == ["INVITE", "CANCEL", "ACK"], heard(carol.message_file)
     [c_inv] = received(carol.message_file, "INVITE")
+    assert "a=x-party:bob" in c_inv.text, c_inv.text  # bob's consultation call
     [cancel] = received(carol.message_file, "CANCEL")
     assert cancel.header("Call-ID") == c_inv.header("Call-ID")
     assert len(received(alice.message_file, "INVITE")) == 1  # bob's hold; no re-INVITE
@@ -309,6 +290,7 @@ def test_early_completion_target_never_answers(rig):
     assert m.get("b2bua_active_calls") == 0 and m.get("b2bua_media_sessions") == 0, m
     events = r.event_names()
     assert "transfer_failed" in events and "transfer_completed" not in events, events
+    assert_refer_not_relayed(m, events)
 
 
 def test_target_refusing_the_join_leaves_both_calls_up(rig):

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from .harness import Daemon, TracedMessage, TrioResult, free_port, run_sipp_trio, traced_messages
+from . import rtp
+from .harness import AgentResult, Daemon, TracedMessage, TrioResult, free_port, run_sipp_trio, traced_messages
 
 
 @dataclasses.dataclass
@@ -38,14 +40,20 @@ class TransferRig:
         assert sdp_line(msg, "c") == "IN IP4 127.0.0.1", msg.text
 
 
-def start_rig(start_daemon: Callable[..., Daemon], tmp_path: Path, extra_toml: str = "") -> TransferRig:
-    """A daemon routing "carol" and "900..." to a fresh target port, with `extra_toml` appended."""
+def start_rig(start_daemon: Callable[..., Daemon], tmp_path: Path, extra_toml: str = "",
+              rules: Mapping[str, str] | None = None) -> TransferRig:
+    """A daemon routing "carol" and "900..." to a fresh target port, with `extra_toml` appended.
+
+    `rules` adds routes of its own ({user prefix: next hop}, e.g. a port where nothing listens)."""
     target_port = free_port()
     hop = f"127.0.0.1:{target_port}"
+    routes = {**(rules or {}), "carol": hop, "900": hop}
     config = tmp_path / "b2bua.toml"
     config.write_text(
         "[routing]\n"
-        f'rules = [{{user_prefix = "carol", next_hop = "{hop}"}}, {{user_prefix = "900", next_hop = "{hop}"}}]\n\n'
+        + "rules = ["
+        + ", ".join(f'{{user_prefix = "{user}", next_hop = "{to}"}}' for user, to in routes.items())
+        + "]\n\n"
         + extra_toml
     )
     return TransferRig(start_daemon(config_file=config), target_port, tmp_path / "sipp")
@@ -106,8 +114,34 @@ def origin(msg: TracedMessage) -> tuple[str, int]:
     return fields[1], int(fields[2])
 
 
-def local_port(cmd: str) -> int:
-    """The SIP port of a SIPp agent, from its command line."""
-    m = re.search(r"-p '(\d+)'", cmd)
+def local_port(cmd: str, option: str = "-p") -> int:
+    """The SIP port of a SIPp agent, from its command line (``option="-mp"``: its first media port)."""
+    m = re.search(rf"{option} '(\d+)'", cmd)
     assert m, cmd
     return int(m.group(1))
+
+
+# -- media ------------------------------------------------------------------------------------------
+
+
+# What the transferee (media.uac) and the target (media.uas) play once a transfer is done.
+AFTER_TRANSFER = rtp.ScenarioMedia(uac=("rtp_a3.pcap",), uas=("rtp_b3.pcap",))
+
+
+def assert_talking(sniffer: rtp.LoopbackSniffer, daemon: Daemon, one: AgentResult, other: AgentResult,
+                   media: rtp.ScenarioMedia, left_out: AgentResult | None = None) -> None:
+    """The RTP `one` and `other` played (`media.uac` and `media.uas`: what each plays) reached the
+    other party, every packet exactly once, through relay ports only; none of it reached
+    `left_out` (a released transferor, a replaced party)."""
+    pair = types.SimpleNamespace(uac=one, uas=other)
+    d = rtp.media_delivery(sniffer, pair, media)
+    rtp.assert_media_delivered(d)
+    relay = daemon.relay_ports
+    for addr in (*d.media.a.peer, *d.media.b.peer):
+        assert addr[0] == "127.0.0.1" and addr[1] in relay, d.describe()
+    assert not set(d.media.a.peer) & set(d.media.b.own), d.describe()
+    assert not set(d.media.b.peer) & set(d.media.a.own), d.describe()
+    if left_out is not None:
+        gone = rtp.side_media(left_out.message_file)
+        reached = [x for x in sniffer.rtp() if any(x.dst == own for own in gone.own)]
+        assert not reached, f"RTP reached {left_out.role}, who has left the call: {reached[:5]}"
