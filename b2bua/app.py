@@ -60,6 +60,11 @@ class Daemon:
         else:
             raise OSError(f"transport {dest.transport} not available")
 
+    def _on_unsent(self, wires: list[bytes], dest: Address) -> None:
+        core = self.core
+        if core is not None:
+            self._on_core(lambda: core.undeliverable(wires, dest))
+
     def _on_data(self, data: bytes, source: Address) -> None:
         assert self._loop is not None and self.core is not None
         try:
@@ -115,7 +120,8 @@ class Daemon:
         self.core = Core(s, self.scheduler, self._send, self.log, self.stats, send_ng=self._send_ng)
         self._on_core(self.core.start)
         await self._wait_for_relays()
-        self._tcp = TcpTransport(self._on_data, s.sip.max_message_bytes, s.sip.tcp_idle_timeout_s)
+        self._tcp = TcpTransport(self._on_data, s.sip.max_message_bytes, s.sip.tcp_idle_timeout_s,
+                                 on_unsent=self._on_unsent)
         for item in s.sip.listen:
             host, port = parse_hostport(item)
             if "udp" in s.sip.transports:

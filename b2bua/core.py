@@ -262,6 +262,10 @@ class Core:
     def on_timeout(self, tx: Any) -> None:
         self._transaction_failed(tx, transport_error=False)
 
+    def undeliverable(self, wires: list[bytes], dest: Address) -> None:
+        """The transport dropped these messages to `dest` (a refused TCP connection)."""
+        self.tl.undeliverable(wires, dest)
+
     def on_transport_error(self, tx: Any) -> None:
         self._transaction_failed(tx, transport_error=True)
 

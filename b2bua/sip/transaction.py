@@ -711,6 +711,19 @@ class TransactionLayer:
         tx.ack_key = (req.call_id, req.cseq.seq, req.from_tag, response.to_tag)
         self._accepted[tx.ack_key] = tx
 
+    def undeliverable(self, wires: list[bytes], dest: Address) -> int:
+        """The transport could not deliver `wires` (the very bytes objects it was given) to `dest`,
+        e.g. a TCP connection was refused: the client transactions that sent them end now with a
+        transport error (RFC 3261 §17.1.4). Returns how many ended."""
+        sent = {id(w) for w in wires}
+        failed = [tx for tx in self._clients.values()
+                  if id(tx._wire) in sent and tx.dest == dest and tx.state is not TERMINATED]
+        for tx in failed:
+            tx._terminate()
+            self.transport_errors += 1
+            self.tu.on_transport_error(tx)
+        return len(failed)
+
     def _forget(self, tx: Transaction) -> None:
         if isinstance(tx, ClientTransaction):
             if self._clients.get(tx.key) is tx:

@@ -5,8 +5,10 @@ so a response sent to the Address a request came from goes back on the same conn
 (RFC 3261 §18.2.2) and later requests to the same peer reuse it. Bytes are cut into messages by
 `StreamFramer` (Content-Length framing); a stream that cannot be framed is closed, since nothing
 after the error can be trusted. Sending to a peer with no connection starts one and queues the data
-until it is up; if connecting fails the data is dropped and the transaction's timer reports the
-failure. Connections idle longer than `idle_timeout` are closed by a periodic sweep.
+until it is up; if connecting fails the data is dropped and handed to `on_unsent`, so the
+transactions that sent it end at once with a transport error (RFC 3261 §17.1.4: a refused
+connection is reported now, not after Timer B's 32 s). Connections idle longer than
+`idle_timeout` are closed by a periodic sweep.
 """
 
 from __future__ import annotations
@@ -66,7 +68,9 @@ class TcpConnection(asyncio.Protocol):
 
 
 class TcpTransport:
-    def __init__(self, on_data: OnData, max_message_size: int = 65535, idle_timeout: float = 300.0) -> None:
+    def __init__(self, on_data: OnData, max_message_size: int = 65535, idle_timeout: float = 300.0,
+                 on_unsent: Callable[[list[bytes], Address], None] | None = None) -> None:
+        self._on_unsent = on_unsent
         self.on_data = on_data
         self.max_message_size = max_message_size
         self.idle_timeout = idle_timeout
@@ -105,7 +109,9 @@ class TcpTransport:
                 loop.create_connection(lambda: TcpConnection(self), key[0], key[1]), timeout=10)
         except (TimeoutError, OSError):
             self.connect_failures += 1
-            self._connecting.pop(key, None)
+            dropped = self._connecting.pop(key, [])
+            if self._on_unsent is not None and dropped:
+                self._on_unsent(dropped, Address("tcp", key[0], key[1]))
             return
         for data in self._connecting.pop(key, []):
             conn.write(data)

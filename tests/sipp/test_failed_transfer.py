@@ -10,10 +10,11 @@ through the relay, and alice hangs up.
 
 - Never answers: carol only rings; after ``calls.no_answer_timeout_s`` (1.5 s here, counted from
   the REFER) the daemon CANCELs her and tells bob 408.
-- Unreachable: the target's route is a port of 127.0.0.1 where nothing listens. Neither UDP (the
-  ICMP port-unreachable is not reported to the transaction) nor TCP (a refused connection drops
-  the queued INVITE: b2bua/transport/tcp.py) fails at once: the INVITE transaction times out
-  (Timer B, 64*T1), so the test daemon runs with ``sip.t1_ms = 100``: 6.4 s instead of 32 s.
+- Unreachable: the target's route is a port of 127.0.0.1 where nothing listens. Over UDP the
+  ICMP port-unreachable is not reported to the transaction, so the INVITE times out (Timer B,
+  64*T1; the test daemon runs with ``sip.t1_ms = 100``: 6.4 s instead of 32 s) and bob hears 408.
+  Over TCP the refused connection ends the INVITE transaction at once with a transport error
+  (RFC 3261 §17.1.4; b2bua/transport/tcp.py hands the unsent bytes back): bob hears 503.
 
 Each party's scenario checks what it receives; the tests add the exact sequences from the traces,
 the RTP (alice's and bob's media after the failure reach each other through the relay) and the
@@ -127,14 +128,10 @@ def test_blind_transfer_target_never_answers(rig, transferor):
     ids=["callee-udp", "caller-udp", "callee-tcp-refused"],
 )
 def test_blind_transfer_to_an_unreachable_target(rig, transferor, transport):
-    """The target's route leads to a port where nothing listens: the INVITE times out (Timer B),
-    bob hears NOTIFY 100 then the failure (terminated) and takes alice back; they talk through the
-    relay. The target agent (routed elsewhere) receives nothing.
-
-    Over TCP the connection is refused at once, yet the daemon only notices at Timer B (the
-    transport drops the queued INVITE and says nothing): the NOTIFY says 408, where RFC 3261
-    §17.1.4 would allow 503 at once; either is a failure that keeps the call, which is what this
-    test holds the daemon to."""
+    """The target's route leads to a port where nothing listens: bob hears NOTIFY 100 then the
+    failure (terminated): 408 when the UDP INVITE times out (Timer B), 503 at once when the TCP
+    connection is refused. He takes alice back; they talk through the relay. The target agent
+    (routed elsewhere) receives nothing."""
     hop = f"127.0.0.1:{free_port()}" + (";transport=tcp" if transport == "tcp" else "")
     r = rig(FAST_TIMER_B, rules={"nobody": hop})
     with rtp.sniffing() as sn:
@@ -142,9 +139,8 @@ def test_blind_transfer_to_an_unreachable_target(rig, transferor, transport):
                                         target_calls=0, recv_timeout_ms=WAIT_FOR_TIMER_B_MS, timeout_s=30)
 
     frags = [sipfrag(n) for n in received(bob.message_file, "NOTIFY")]
-    failure = "SIP/2.0 408 Request Timeout"
-    if transport == "tcp" and frags[-1:] == ["SIP/2.0 503 Service Unavailable"]:
-        failure = frags[-1]  # a refused connection reported as a transport error: also right
+    failure = "SIP/2.0 503 Service Unavailable" if transport == "tcp" else "SIP/2.0 408 Request Timeout"
+    assert frags == ["SIP/2.0 100 Trying", failure], frags
     assert_bob_kept_alice(alice, bob, ["SIP/2.0 100 Trying", failure])
     assert_talking(sn, r.daemon, alice, bob, TALK)
 

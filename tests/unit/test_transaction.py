@@ -840,6 +840,23 @@ def test_transport_error_on_first_send_is_reported_later(h: H) -> None:
     assert h.tu.timeouts == [] and len(h.sched) == 0
 
 
+def test_undeliverable_bytes_end_only_the_transactions_that_sent_them(h: H) -> None:
+    """A refused TCP connection: the transport hands back the very bytes it could not send."""
+    tcp = Address("tcp", "127.0.0.1", 5099)
+    lost = h.layer.send_request(outgoing(), tcp)
+    other = h.layer.send_request(outgoing(cseq=2), tcp)  # went out on an earlier connection
+    elsewhere = h.layer.send_request(outgoing(cseq=3), PEER)
+    [(_, lost_wire, _)] = [s for s in h.wire.sent if s[1] is lost._wire]
+    assert h.layer.undeliverable([lost_wire], tcp) == 1
+    assert h.tu.errors == [lost] and lost.state is TxState.TERMINATED
+    assert other.state is not TxState.TERMINATED and elsewhere.state is not TxState.TERMINATED
+    copy = bytes(bytearray(other._wire))
+    assert copy == other._wire and copy is not other._wire
+    assert h.layer.undeliverable([copy], tcp) == 0  # equal bytes, but not what was handed over
+    assert other.state is not TxState.TERMINATED
+    assert h.layer.transport_errors == 1
+
+
 def test_transport_error_on_retransmission(h: H) -> None:
     tx = h.layer.send_request(outgoing("OPTIONS"), PEER)
     h.wire.fail = True
