@@ -685,7 +685,6 @@ class Call:
     def _on_refer(self, leg: Leg, tx: Any, req: Request) -> None:
         """REFER from one party: refuse it, relay it (passthrough), or carry the transfer out
         (terminate), per the call's `transfer_mode`."""
-        ctx = self.ctx
         try:
             if self.transfer_mode == "reject":
                 raise _Refused(403, "Forbidden (transfers are disabled)")
@@ -695,11 +694,7 @@ class Call:
                 raise _Refused(491, "Request Pending (a transfer is in progress)")
             if self.a.reinvite_pending or self.b.reinvite_pending:
                 raise _Refused(491, "Request Pending (a re-INVITE is in progress)")
-            if not ctx.refer_allowed(leg):
-                raise _Refused(403, "Forbidden (too many REFERs in this dialog)")
-            refer = parse_refer(req)
-            if isinstance(refer, ReferError):
-                raise _Refused(refer.status, refer.reason)
+            refer = self._parse_refer(leg, req)
             if self.transfer_mode == "passthrough" and self._pass_refer(leg, tx, req, refer):
                 return
             hop, consultation = self._plan_transfer(leg, refer)
@@ -722,11 +717,7 @@ class Call:
                 raise _Refused(481, "Call/Transaction Does Not Exist (the call no longer rings)")
             if self.deflection is not None or self.replacement is not None:
                 raise _Refused(491, "Request Pending (the call is already being passed on)")
-            if not ctx.refer_allowed(leg):
-                raise _Refused(403, "Forbidden (too many REFERs in this dialog)")
-            refer = parse_refer(req)
-            if isinstance(refer, ReferError):
-                raise _Refused(refer.status, refer.reason)
+            refer = self._parse_refer(leg, req)
             if refer.replaces is not None:
                 raise _Refused(403, "Forbidden (an unanswered call can only be passed to a new target)")
             if not self.a_invite.body:
@@ -739,6 +730,15 @@ class Call:
         self.deflection = Deflection(self, leg, early, refer, hop, self._refer_expiry())
         self._accept_refer(leg, tx, req, refer)
         self.deflection.start()
+
+    def _parse_refer(self, leg: Leg, req: Request) -> ReferRequest:
+        """The REFER's content, once the dialog's REFER rate allows it. Raises _Refused."""
+        if not self.ctx.refer_allowed(leg):
+            raise _Refused(403, "Forbidden (too many REFERs in this dialog)")
+        refer = parse_refer(req)
+        if isinstance(refer, ReferError):
+            raise _Refused(refer.status, refer.reason)
+        return refer
 
     def _refuse_refer(self, leg: Leg, tx: Any, req: Request, refusal: _Refused) -> None:
         self.ctx.respond(tx, build_response(req, refusal.status, refusal.reason))
