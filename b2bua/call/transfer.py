@@ -86,7 +86,7 @@ def start_transfer(call: Call, transferee: Leg, target: TransferTarget, sink: Tr
 class Transfer:
     def __init__(self, call: Call, transferor: Leg, refer: ReferRequest | TransferTarget, hop: Address | None,
                  expires: int = 60, consultation: Consultation | None = None, *,
-                 sink: TransferSink | None = None) -> None:
+                 sink: TransferSink | None = None, park: Any = None) -> None:
         self.call = call
         self.ctx = call.ctx
         self.transferor = transferor
@@ -101,6 +101,9 @@ class Transfer:
             assert isinstance(refer, ReferRequest), "a transfer without a REFER needs a sink"
             sink = NotifySink(call, transferor, refer.cseq, expires, wanted=refer.subscription_wanted)
         self.sink: TransferSink = sink
+        # park(transferor, its media session): keep the transferor aside instead of releasing it (a
+        # supervised consultation, consult.py); such a move is not counted as a transfer.
+        self.park = park
         if consultation is None:
             assert hop is not None
             self.target = Leg(call, Side.B, self.ctx.new_call_id(), self.ctx.new_tag(), hop)
@@ -167,23 +170,7 @@ class Transfer:
 
     def _offer_sdp(self) -> bytes | None:
         """The transferee's last SDP, every stream made sendrecv (it was probably held for the REFER)."""
-        remote = self.transferee.sdp.remote
-        if remote is None:
-            return None
-        try:
-            sdp = SessionDescription.parse(remote)
-        except SdpError:
-            return None
-        for m in sdp.media:
-            if not m.disabled and m.direction is not None:
-                m.set_direction("sendrecv")
-        for line in sdp.session:
-            if line.type == "a" and line.value in ("sendonly", "recvonly", "inactive"):
-                line.value = "sendrecv"
-        conn = sdp.connection
-        if conn is not None and conn.is_null:  # RFC 2543 hold: the real address is unknown
-            return None
-        return sdp.serialize()
+        return sendrecv_offer(self.transferee.sdp.remote)
 
     def _send_invite(self, body: bytes | None, error: str | None) -> None:
         """Blind: call the target on our new leg, as the transferee."""
@@ -396,8 +383,11 @@ class Transfer:
             c.call.surrender_legs()
             call.release_leg_if_up(c.transferor_leg, "call transferred")
         old_media = call.swap_leg(self.transferor, self.target, self.media)
-        old_media.delete()
-        call.release_leg_if_up(self.transferor, "call transferred")
+        if self.park is not None:
+            self.park(self.transferor, old_media)
+        else:
+            old_media.delete()
+            call.release_leg_if_up(self.transferor, "call transferred")
         self.ctx.log_event(call, "transfer_bridged", kind=self.kind, target=str(self.refer.target),
                            **self.sink.fields)
         self._reinvite_transferee(body)
@@ -523,8 +513,30 @@ class Transfer:
     def _report(self, result: str) -> None:
         if self.result is None:
             self.result = result
-            self.ctx.transfer_ended(self.call, self.kind, result, self.ctx.now() - self.started_at)
+            if self.park is None:
+                self.ctx.transfer_ended(self.call, self.kind, result, self.ctx.now() - self.started_at)
             self.sink.ended(result)
+
+
+def sendrecv_offer(remote: bytes | None) -> bytes | None:
+    """A party's last SDP with every stream made sendrecv, to offer to a new peer; None when unknown
+    or unusable (unreadable, or an RFC 2543 hold whose real address is unknown)."""
+    if remote is None:
+        return None
+    try:
+        sdp = SessionDescription.parse(remote)
+    except SdpError:
+        return None
+    for m in sdp.media:
+        if not m.disabled and m.direction is not None:
+            m.set_direction("sendrecv")
+    for line in sdp.session:
+        if line.type == "a" and line.value in ("sendonly", "recvonly", "inactive"):
+            line.value = "sendrecv"
+    conn = sdp.connection
+    if conn is not None and conn.is_null:
+        return None
+    return sdp.serialize()
 
 
 def _ignore(*_: Any) -> None:
