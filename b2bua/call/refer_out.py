@@ -63,8 +63,8 @@ class ReferOut:
         self.call.intercepts.append(self._intercept)
         tx = self.call.send_own(leg, "REFER", b"", self._answered, headers)
         self.event_id = str(tx.request.cseq.seq)
-        ctx.log_event(self.call, "transfer_started", kind=self.kind, transferee=leg.label,
-                      refer_to=self.refer_to, **self.fields)
+        ctx.log_event(self.call, "transfer_started", kind=self.kind, refer_to=self.refer_to,
+                      **{"transferee": leg.label, **self.fields})
 
     # -- the REFER's answer ------------------------------------------------------------------------
 
