@@ -85,7 +85,7 @@ async def consult_call(request: web.Request) -> web.Response:
             if busy is not None:
                 raise ApiError(409, f"the API is busy with a {busy} on this call")
             assert target is not None and hop is not None
-            consult = SupervisedConsult(call, held, target, hop)
+            consult = SupervisedConsult(call, held, target, hop, on_end=finished)
             ctx.consults[call] = consult
             consult.start(done)
             return ctx.registry.entry(call)

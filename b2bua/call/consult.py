@@ -130,7 +130,7 @@ class Rejoin:
 
 class SupervisedConsult:
     def __init__(self, call: Call, held: Leg, target: Uri, hop: Address,
-                 on_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+                 on_end: Callable[[], None] | None = None) -> None:
         self.call = call
         self.ctx = call.ctx
         self.held = held  # H: the party put on hold at the start
@@ -144,6 +144,7 @@ class SupervisedConsult:
         self.busy = False  # an action is under way
         self._rejoin: Rejoin | None = None
         self._transfer: Transfer | None = None
+        self._on_end = on_end
         call.intercepts.append(self._intercept)
         call.on_hangup.append(self._call_hangup)
 
@@ -195,6 +196,9 @@ class SupervisedConsult:
     def _give_up_start(self, done: Done, result: str, status: int | None, reason: str) -> None:
         """The target did not answer (or the move failed): take the held party off hold again."""
         self._end()
+        transfer = self._transfer
+        if transfer is not None and self.call.transfer is transfer and transfer.finished:
+            self.call.transfer_settled(transfer)  # now, so that the resume below is not refused
         why = f"the target answered {status} {reason}".strip() if status and status >= 300 else f"consult {result}"
         if self.call.state is not CallState.CONFIRMED or not self.held.confirmed or not self.held.sdp.local_held:
             self._reply(done, why, status)
@@ -387,6 +391,9 @@ class SupervisedConsult:
             self.call.intercepts.remove(self._intercept)
         if self._call_hangup in self.call.on_hangup and self.parked is None:
             self.call.on_hangup.remove(self._call_hangup)
+        if self._on_end is not None:
+            on_end, self._on_end = self._on_end, None
+            on_end()
 
     def _reply(self, done: Done, error: str | None, status: int | None) -> None:
         done(error, status)

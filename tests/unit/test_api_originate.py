@@ -12,7 +12,7 @@ from typing import Any
 from b2bua.sip.message import Request
 
 from .test_api import Api, run, served
-from .test_api_transfers import events, request_to
+from .test_api_transfers import events
 from .test_attended_transfer import answer
 from .test_call_media import CALLER_SDP, media_port, relay_ports
 from .test_transfer import TARGET, TARGET_SDP
@@ -186,7 +186,8 @@ def test_a_answering_across_the_cancel_of_a_hang_up_is_acked_and_hung_up():
 
 def test_originate_refusals():
     async def scenario() -> None:
-        w = wire(transfers={"deny": [{"user": "900*"}]}, routing={"next_hop": None, "rules": ROUTES["routing"]["rules"]})
+        rules = ROUTES["routing"]["rules"]
+        w = wire(transfers={"deny": [{"user": "900*"}]}, routing={"next_hop": None, "rules": rules})
         async with served(w) as api:
             status, body, _ = await originate(api, a="alice")
             assert status == 422 and body["problems"][0]["field"] == "b"
