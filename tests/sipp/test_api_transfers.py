@@ -1,0 +1,153 @@
+"""Transfers the control API starts, end to end: the daemon as a process, SIPp as the three parties.
+
+alice (the UAC, party a, the transferee) calls bob (the UAS at the daemon's next hop, party b, the
+agent); carol (a UAS on a port of her own, reached through a ``routing.rules`` entry) is the target.
+The three agents run in a background thread (``TransferRig.run``) while the test waits for the call
+to be answered, drives ``POST /v1/calls/{id}/transfer``, and reads ``/v1/events`` in a thread of its
+own. Then it judges what each agent heard, the RTP alice and carol played after the transfer (it
+must reach the other through relay ports only, and nothing reaches bob), the event stream, and the
+daemon's counters (no call, no relay session left). The scenarios play pcap files and a sniffer
+counts RTP on ``lo``: both need root or CAP_NET_RAW, as in test_media.py.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from . import rtp
+from .harness import Daemon, TrioResult
+from .test_api import EventReader, api, wait_for_call
+from .test_attended_transfer import assert_talking
+from .transfers import TransferRig, heard, received, start_rig
+
+pytestmark = [pytest.mark.sipp, pytest.mark.time_limit(60)]
+
+
+@pytest.fixture(autouse=True)
+def _needs_raw_sockets() -> None:
+    if not rtp.raw_sockets_available():
+        pytest.skip("SIPp's pcap player and the loopback sniffer need root or CAP_NET_RAW")
+
+
+@pytest.fixture
+def rig(start_daemon: Callable[..., Daemon], tmp_path: Path, needs_daemon) -> Callable[..., TransferRig]:
+    def make(extra: str = "") -> TransferRig:
+        return start_rig(start_daemon, tmp_path, extra)
+
+    return make
+
+
+@contextlib.contextmanager
+def running(r: TransferRig, target: str, uas: str, uac: str) -> Iterator[Callable[[], TrioResult]]:
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    future = pool.submit(r.run, target, uas, uac, recv_timeout_ms=20000, timeout_s=30)
+    try:
+        yield lambda: future.result(timeout=45)
+    finally:
+        pool.shutdown(wait=True)  # bounded: the agents are killed after timeout_s + 5 s at the latest
+
+
+def transfer(r: TransferRig, call_id: str, **body: object) -> tuple[int, dict]:
+    return api(r.daemon, "POST", f"/v1/calls/{call_id}/transfer", body, timeout=30)
+
+
+def names(events: list[dict]) -> list[str]:
+    return [e["event"] for e in events]
+
+
+def progress(events: list[dict]) -> list[object]:
+    return [e["fields"].get("stage", e["fields"].get("status")) for e in events if e["event"] == "transfer_progress"]
+
+
+def assert_nothing_left(r: TransferRig) -> None:
+    m = r.daemon.settled()
+    assert m.get("b2bua_active_calls") == 0, m
+    assert m.get("b2bua_media_sessions") == 0, m
+    assert api(r.daemon, "GET", "/v1/calls") == (200, {"calls": []})
+
+
+def test_blind_rebridge_moves_alice_to_carol_and_releases_bob(rig):
+    r = rig()
+    events = EventReader(r.daemon)
+    r.daemon.wait_metric("b2bua_api_event_streams", 1)
+    with rtp.sniffing() as sn, running(r, "api_uas_blind_target.xml", "api_uas_agent.xml",
+                                       "uac_attended_unheld_transferee.xml") as verdict:
+        call = wait_for_call(r.daemon)
+        status, body = transfer(r, call["id"], type="blind", target="carol")
+        assert status == 202, body
+        assert (body["method"], body["party"], body["target"]) == ("rebridge", "a", "sip:carol@127.0.0.1")
+        result = verdict()
+    alice, bob, carol = result.uac, result.uas, result.target
+    assert heard(carol.message_file) == ["INVITE", "ACK", "BYE"], heard(carol.message_file)
+    [c_inv] = received(carol.message_file, "INVITE")
+    assert "sip:alice@" in (c_inv.header("From") or ""), c_inv.text  # carol sees alice calling
+    r.assert_on_relay(c_inv)
+    [a_moved] = received(alice.message_file, "INVITE")
+    r.assert_on_relay(a_moved)
+    [b_bye] = received(bob.message_file, "BYE")
+    assert b_bye.header("Reason") == 'SIP;cause=200;text="call transferred"', b_bye.text
+    assert_talking(sn, r, alice, carol, bob)
+    seen = events.wait()
+    assert progress(seen) == [100, 180, 200], seen
+    assert names(seen)[-1] == "call_ended" and "transfer_completed" in names(seen)
+    done = next(e for e in seen if e["event"] == "transfer_completed")
+    assert done["fields"]["method"] == "rebridge" and done["fields"]["source"] == "api"
+    m = r.daemon.settled()
+    assert m.get("b2bua_transfers_total", kind="blind", result="completed") == 1, m
+    assert m.get("b2bua_calls_total", result="answered") == 1, m
+    assert_nothing_left(r)
+
+
+@pytest.mark.parametrize("case", ["busy", "reject", "ringout"])
+def test_blind_rebridge_to_a_target_that_does_not_answer_leaves_the_call(rig, case):
+    r = rig('[calls]\nno_answer_timeout_s = 3\n' if case == "ringout" else "")
+    expected = {"busy": 486, "reject": 603, "ringout": 408}[case]
+    with running(r, f"api_uas_target_{case}.xml", "api_uas_agent.xml", "api_uac_hung_up.xml") as verdict:
+        call = wait_for_call(r.daemon)
+        status, body = transfer(r, call["id"], type="blind", target="sip:carol@example.com")
+        assert status == 202, body
+        events = EventReader(r.daemon, stop_after="transfer_failed")
+        failed = events.wait(timeout=15)[-1]
+        assert failed["event"] == "transfer_failed" and failed["fields"]["status"] == expected, failed
+        status, body = api(r.daemon, "GET", f"/v1/calls/{call['id']}")
+        assert status == 200 and body["state"] == "confirmed" and body["transfer_in_progress"] is False
+        assert api(r.daemon, "DELETE", f"/v1/calls/{call['id']}")[0] == 202
+        result = verdict()
+    # alice and bob were never touched until the hang-up: one BYE each, nothing else.
+    assert heard(result.uac.message_file)[-1] == "BYE"
+    assert "INVITE" not in heard(result.uac.message_file)
+    m = r.daemon.settled()
+    assert m.get("b2bua_transfers_total", kind="blind", result="failed") == 1, m
+    assert_nothing_left(r)
+
+
+def test_blind_by_refer_lets_alice_transfer_herself_through_the_daemon(rig):
+    r = rig()
+    events = EventReader(r.daemon, stop_after="transfer_completed")
+    r.daemon.wait_metric("b2bua_api_event_streams", 1)
+    with rtp.sniffing() as sn, running(r, "api_uas_blind_target.xml", "api_uas_agent.xml",
+                                       "api_uac_refer_transferee.xml") as verdict:
+        call = wait_for_call(r.daemon)
+        status, body = transfer(r, call["id"], type="blind", target="carol", method="refer")
+        assert status == 202 and body["method"] == "refer", body
+        result = verdict()
+    alice, bob, carol = result.uac, result.uas, result.target
+    [refer] = received(alice.message_file, "REFER")
+    assert refer.header("Refer-To") == f"<sip:carol@127.0.0.1:{r.daemon.sip_port}>", refer.text
+    # Her NOTIFYs were answered by the daemon and not passed on to bob.
+    assert heard(bob.message_file) == ["INVITE", "ACK", "BYE"], heard(bob.message_file)
+    [c_inv] = received(carol.message_file, "INVITE")
+    r.assert_on_relay(c_inv)
+    assert_talking(sn, r, alice, carol, bob)
+    seen = events.wait()
+    assert progress(seen) == ["accepted", 100, 200], seen
+    assert_nothing_left(r)
+    m = r.daemon.metrics()
+    assert m.get("b2bua_transfers_total", kind="blind", result="completed") == 1, m
+    assert m.get("b2bua_calls_total", result="transferred") == 1, m  # call 1
+    assert m.get("b2bua_calls_total", result="answered") == 1, m  # alice's call to carol
