@@ -151,3 +151,43 @@ def test_blind_by_refer_lets_alice_transfer_herself_through_the_daemon(rig):
     assert m.get("b2bua_transfers_total", kind="blind", result="completed") == 1, m
     assert m.get("b2bua_calls_total", result="transferred") == 1, m  # call 1
     assert m.get("b2bua_calls_total", result="answered") == 1, m  # alice's call to carol
+
+
+def consult(r: TransferRig, call_id: str, **body: object) -> tuple[int, dict]:
+    return api(r.daemon, "POST", f"/v1/calls/{call_id}/consult", body, timeout=30)
+
+
+def test_supervised_consult_start_then_complete(rig):
+    """bob consults carol while alice waits on hold, parked on the daemon; complete joins alice to
+    carol and releases bob."""
+    r = rig()
+    events = EventReader(r.daemon)
+    r.daemon.wait_metric("b2bua_api_event_streams", 1)
+    with rtp.sniffing() as sn, running(r, "api_uas_consult_target.xml", "api_uas_consulting_agent.xml",
+                                       "api_uac_consulted.xml") as verdict:
+        call = wait_for_call(r.daemon)
+        status, body = consult(r, call["id"], action="start", target="carol")
+        assert status == 200 and body["consult"] == "talking_to_target", body
+        status, body = api(r.daemon, "POST", f"/v1/calls/{call['id']}/transfer", {"type": "blind", "target": "carol"})
+        assert status == 409, body  # busy with the consultation
+        status, body = consult(r, call["id"], action="complete")
+        assert status == 200 and body["consult"] == "ended", body
+        result = verdict()
+    alice, bob, carol = result.uac, result.uas, result.target
+    assert heard(carol.message_file) == ["INVITE", "ACK", "INVITE", "ACK", "BYE"], heard(carol.message_file)
+    assert heard(bob.message_file) == ["INVITE", "ACK", "INVITE", "ACK", "BYE"], heard(bob.message_file)
+    [c_inv, c_moved] = received(carol.message_file, "INVITE")
+    assert c_moved.header("Call-ID") == c_inv.header("Call-ID")  # her own dialog, re-INVITEd
+    r.assert_on_relay(c_moved)
+    [_, a_moved] = received(alice.message_file, "INVITE")
+    r.assert_on_relay(a_moved)
+    [b_bye] = received(bob.message_file, "BYE")
+    assert b_bye.header("Reason") == 'SIP;cause=200;text="call transferred"', b_bye.text
+    assert_talking(sn, r, alice, carol, bob)
+    seen = events.wait()
+    consult_events = [n for n in names(seen) if n.startswith("consult_")]
+    assert consult_events == ["consult_started", "consult_connected", "consult_completed"], seen
+    m = r.daemon.settled()
+    assert m.get("b2bua_transfers_total", kind="attended", result="completed") == 1, m
+    assert m.get("b2bua_transfers_total", kind="blind") == 0, m  # the start is not a transfer
+    assert_nothing_left(r)
