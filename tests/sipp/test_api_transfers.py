@@ -191,3 +191,43 @@ def test_supervised_consult_start_then_complete(rig):
     assert m.get("b2bua_transfers_total", kind="attended", result="completed") == 1, m
     assert m.get("b2bua_transfers_total", kind="blind") == 0, m  # the start is not a transfer
     assert_nothing_left(r)
+
+
+def wait_for_calls(r: TransferRig, count: int, timeout: float = 10.0) -> list[dict]:
+    """The daemon's calls once `count` of them are answered."""
+    import time  # noqa: PLC0415 - only here
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, body = api(r.daemon, "GET", "/v1/calls")
+        assert status == 200, body
+        if len([c for c in body["calls"] if c["state"] == "confirmed"]) == count:
+            return body["calls"]
+        time.sleep(0.05)
+    raise AssertionError(f"{count} answered calls not listed within {timeout}s\n{r.daemon.output_tail(3000)}")
+
+
+def test_attended_rebridge_joins_alice_to_bobs_consultation_with_carol(rig):
+    """bob consulted carol through the daemon on a call of his own; the API joins alice (party a of
+    call 1) to carol's leg of that call: carol is re-INVITEd, not called again; bob is released."""
+    r = rig()
+    with rtp.sniffing() as sn, running(r, "uas_attended_target.xml", "api_uas_attended_agent.xml",
+                                       "uac_attended_unheld_transferee.xml") as verdict:
+        calls = wait_for_calls(r, 2)
+        [call1] = [c for c in calls if c["callee"]["uri"].startswith("sip:bob@")]
+        [consultation] = [c for c in calls if c["callee"]["uri"].startswith("sip:carol@")]
+        status, body = transfer(r, call1["id"], type="attended", consult_call_id=consultation["id"])
+        assert status == 202 and body["method"] == "rebridge", body
+        result = verdict()
+    alice, bob, carol = result.uac, result.uas, result.target
+    assert heard(carol.message_file) == ["INVITE", "ACK", "INVITE", "ACK", "BYE"], heard(carol.message_file)
+    [c_inv, c_moved] = received(carol.message_file, "INVITE")
+    assert c_moved.header("Call-ID") == c_inv.header("Call-ID"), "carol was called again"
+    r.assert_on_relay(c_moved)
+    byes = received(bob.message_file, "BYE")
+    assert len(byes) == 2 and all("call transferred" in (b.header("Reason") or "") for b in byes)
+    assert_talking(sn, r, alice, carol, bob)
+    m = r.daemon.settled()
+    assert m.get("b2bua_transfers_total", kind="attended", result="completed") == 1, m
+    assert m.get("b2bua_calls_total", result="transferred") == 1, m  # the consultation call
+    assert_nothing_left(r)
