@@ -231,3 +231,35 @@ def test_attended_rebridge_joins_alice_to_bobs_consultation_with_carol(rig):
     assert m.get("b2bua_transfers_total", kind="attended", result="completed") == 1, m
     assert m.get("b2bua_calls_total", result="transferred") == 1, m  # the consultation call
     assert_nothing_left(r)
+
+
+def test_attended_by_refer_lets_alice_replace_bob_in_his_consultation(rig):
+    """The same transfer by REFER: alice gets a Refer-To with the escaped Replaces of bob's leg of the
+    consultation, INVITEs the daemon with it and takes bob's place there; her NOTIFY 200 makes the
+    daemon end call 1."""
+    r = rig()
+    events = EventReader(r.daemon, stop_after="transfer_completed")
+    r.daemon.wait_metric("b2bua_api_event_streams", 1)
+    with rtp.sniffing() as sn, running(r, "uas_attended_target.xml", "api_uas_attended_agent.xml",
+                                       "api_uac_refer_attended_transferee.xml") as verdict:
+        calls = wait_for_calls(r, 2)
+        [consultation] = [c for c in calls if c["callee"]["uri"].startswith("sip:carol@")]
+        [call1] = [c for c in calls if c is not consultation]
+        status, body = transfer(r, call1["id"], type="attended", consult_call_id=consultation["id"], method="refer")
+        assert status == 202 and body["method"] == "refer", body
+        result = verdict()
+    alice, bob, carol = result.uac, result.uas, result.target
+    [refer] = received(alice.message_file, "REFER")
+    [consult_leg] = [leg for leg in consultation["legs"] if leg["side"] == "a"]  # bob's leg of it
+    escaped = (f"Replaces={consult_leg['sip_call_id'].replace('@', '%40')}%3Bto-tag%3D{consult_leg['local_tag']}"
+               f"%3Bfrom-tag%3D{consult_leg['remote_tag']}")
+    assert refer.header("Refer-To") == f"<sip:carol@127.0.0.1:{r.daemon.sip_port}?{escaped}>", refer.text
+    assert heard(carol.message_file) == ["INVITE", "ACK", "INVITE", "ACK", "BYE"], heard(carol.message_file)
+    reasons = sorted(b.header("Reason") or "" for b in received(bob.message_file, "BYE"))
+    assert reasons == ['SIP;cause=200;text="call transferred"', 'SIP;cause=200;text="replaced"'], reasons
+    assert_talking(sn, r, alice, carol, bob)
+    seen = events.wait()
+    assert progress(seen) == ["accepted", 100, 200], seen
+    m = r.daemon.settled()
+    assert m.get("b2bua_transfers_total", kind="attended", result="completed") == 1, m
+    assert_nothing_left(r)
