@@ -263,3 +263,40 @@ def test_attended_by_refer_lets_alice_replace_bob_in_his_consultation(rig):
     m = r.daemon.settled()
     assert m.get("b2bua_transfers_total", kind="attended", result="completed") == 1, m
     assert_nothing_left(r)
+
+
+def wait_for_ringing_consultation(r: TransferRig, timeout: float = 10.0) -> tuple[dict, dict]:
+    """(call 1, answered; the consultation call, still ringing at carol)."""
+    import time  # noqa: PLC0415 - only here
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        calls = api(r.daemon, "GET", "/v1/calls")[1]["calls"]
+        ringing = [c for c in calls if c["state"] == "early" and c["callee"]["uri"].startswith("sip:carol@")]
+        up = [c for c in calls if c["state"] == "confirmed"]
+        if ringing and up:
+            return up[0], ringing[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no ringing consultation within {timeout}s\n{r.daemon.output_tail(3000)}")
+
+
+@pytest.mark.parametrize("method", ["rebridge", "refer"])
+def test_early_completion_joins_alice_to_carol_once_she_answers(rig, method):
+    """bob's consultation still rings at carol when the API transfers alice to it: bob is let go at
+    once, carol's late 200 is ACKed and she is re-INVITEd onto alice's media. Asked by REFER, it is
+    done by rebridge all the same (endpoints cannot complete early: RFC 3891, 481)."""
+    r = rig()
+    with rtp.sniffing() as sn, running(r, "api_uas_early_target.xml", "api_uas_early_agent.xml",
+                                       "uac_attended_unheld_transferee.xml") as verdict:
+        call1, consultation = wait_for_ringing_consultation(r)
+        status, body = transfer(r, call1["id"], type="early", consult_call_id=consultation["id"], method=method)
+        assert status == 202 and body["method"] == "rebridge", body
+        assert (body["fallback"] is None) == (method == "rebridge"), body
+        result = verdict()
+    alice, bob, carol = result.uac, result.uas, result.target
+    assert heard(carol.message_file) == ["INVITE", "ACK", "INVITE", "ACK", "BYE"], heard(carol.message_file)
+    assert not received(alice.message_file, "REFER")
+    assert_talking(sn, r, alice, carol, bob)
+    m = r.daemon.settled()
+    assert m.get("b2bua_transfers_total", kind="early", result="completed") == 1, m
+    assert_nothing_left(r)
