@@ -151,6 +151,13 @@ class ApiSettings(_Section):
         1000, ge=10, le=100_000, description="events buffered per stream client; one that falls this far "
                                              "behind is dropped (after a final overflow event)")
     sse_max_clients: int = Field(32, ge=1, le=10_000, description="concurrent /v1/events streams")
+    transfer_method: Literal["rebridge", "refer"] = Field(
+        "rebridge", description="how POST /v1/calls/{id}/transfer carries a transfer out when the request "
+                                "names no method: rebridge inside the B2BUA, or REFER to the transferee")
+    refer_fallback: bool = Field(True, description="a REFER answered 403/405/501 falls back to rebridge")
+    refer_wait: Literal["attended", "unattended"] = Field(
+        "attended", description="method refer: done on the final NOTIFY 2xx (attended) or on the 2xx to "
+                                "the REFER (unattended), when the request does not say")
 
     @field_validator("token")
     @classmethod

@@ -188,6 +188,16 @@ class Core:
         self._a_invites[tx] = call
         call.start()
 
+    def add_call(self, call: Call) -> bool:
+        """Take on a call the B2BUA places itself (the control API's click-to-dial) and start it;
+        False, and nothing started, while draining or at `calls.max_calls`."""
+        if not self.accepting or len(self.calls) >= self.settings.calls.max_calls:
+            return False
+        self.calls.add(call)
+        self._call_txs[call] = []
+        call.start()
+        return True
+
     def _invite_with_replaces(self, tx: Any, invite: Request, source: Address) -> None:
         """RFC 3891: the INVITE takes the place of the leg its Replaces names (replacement.py)."""
         values = invite.headers.get_all("Replaces")

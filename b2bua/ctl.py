@@ -1,4 +1,5 @@
-"""`b2bua-ctl`: the control API from a shell (list, show, hang up, hold, resume, follow events).
+"""`b2bua-ctl`: the control API from a shell (list, show, place, hang up, hold, resume, transfer,
+consult, follow events).
 
 How this works: one HTTP request per command with the standard library's urllib (no dependency to
 install on an operator's box), to `--url` or `$B2BUA_API_URL` (default http://127.0.0.1:9090, the
@@ -168,6 +169,52 @@ def cmd_hold(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_dial(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    body: dict[str, Any] = {"a": args.a, "b": args.b}
+    if args.caller_id:
+        body["caller_id"] = args.caller_id
+    if args.ring_timeout:
+        body["ring_timeout_s"] = args.ring_timeout
+    data = client.json("POST", "/v1/calls", body)
+    print(json.dumps(data, indent=2) if args.json else f"{data['id']}: calling {args.a}, then {args.b}", file=out)
+    return EXIT_OK
+
+
+def cmd_transfer(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    body: dict[str, Any] = {"party": args.party}
+    if args.to:
+        body.update(type="blind", target=args.to)
+    else:
+        body.update(type="attended" if args.attended else "early", consult_call_id=args.attended or args.early,
+                    consult_target=args.consult_target)
+    if args.method:
+        body["method"] = args.method
+    if args.refer_wait:
+        body["refer_wait"] = args.refer_wait
+    data = client.json("POST", _call_path(args.id, "/transfer"), body)
+    if args.json:
+        print(json.dumps(data, indent=2), file=out)
+    else:
+        note = f" ({data['fallback']})" if data.get("fallback") else ""
+        print(f"{args.id}: {data['type']} transfer of party {data['party']} to {data['target']} "
+              f"under way by {data['method']}{note}", file=out)
+    return EXIT_OK
+
+
+def cmd_consult(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    body: dict[str, Any] = {"action": args.action}
+    if args.action == "start":
+        if not args.target:
+            raise CtlError("consult start needs a target", EXIT_USAGE)
+        body.update(target=args.target, party=args.party)
+    elif args.target:
+        raise CtlError(f"consult {args.action} takes no target", EXIT_USAGE)
+    data = client.json("POST", _call_path(args.id, "/consult"), body)
+    where = data["consult"].replace("_", " ")
+    print(json.dumps(data, indent=2) if args.json else f"{args.id}: {args.action} done ({where})", file=out)
+    return EXIT_OK
+
+
 def cmd_events(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     path = "/v1/events" + (f"?call={urllib.parse.quote(args.call, safe='')}" if args.call else "")
     with client.open("GET", path, accept="text/event-stream") as resp:
@@ -233,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=os.environ.get("B2BUA_API_TOKEN"),
                    help="bearer token, when the daemon has api.token set (env B2BUA_API_TOKEN)")
     p.add_argument("--timeout", type=float, default=90.0,
-                   help="seconds to wait for an answer (a hold waits for the phone's; default 90)")
+                   help="seconds to wait for an answer (a hold waits for the phone's, a consult start for "
+                        "the target's: use more than the ring time; default 90)")
     p.add_argument("--json", action="store_true", help="print the API's JSON instead of text")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("calls", help="list the calls in progress").set_defaults(fn=cmd_calls)
@@ -251,6 +299,32 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--party", choices=["a", "b"], default="a",
                          help="a: the caller (default), b: the callee")
         cmd.set_defaults(fn=cmd_hold)
+    dial = sub.add_parser("dial", help="click-to-dial: call party A, and once it answers, party B")
+    dial.add_argument("a", help="called first (e.g. the operator's phone): sip:/tel: URI, user or number")
+    dial.add_argument("b", help="called once A answered, and bridged to A")
+    dial.add_argument("--caller-id", help="the From shown to A (default: B)")
+    dial.add_argument("--ring-timeout", type=float, help="seconds each party may ring")
+    dial.set_defaults(fn=cmd_dial)
+    xfer = sub.add_parser("transfer", help="transfer one party of a call (blind, attended, early)")
+    xfer.add_argument("id")
+    how = xfer.add_mutually_exclusive_group(required=True)
+    how.add_argument("--to", metavar="TARGET", help="blind: call TARGET (URI, user or number)")
+    how.add_argument("--attended", metavar="CONSULT_ID", help="join to the answered consultation call")
+    how.add_argument("--early", metavar="CONSULT_ID", help="join to the consultation call that still rings")
+    xfer.add_argument("--party", choices=["a", "b"], default="a",
+                      help="the party transferred: a, the caller (default), or b; the other is released")
+    xfer.add_argument("--method", choices=["rebridge", "refer"], help="default: the daemon's api.transfer_method")
+    xfer.add_argument("--refer-wait", choices=["attended", "unattended"],
+                      help="method refer: done on the final NOTIFY (attended) or on the REFER's 202")
+    xfer.add_argument("--consult-target", choices=["a", "b"], default="b",
+                      help="the target's party in the consultation call (default b, its callee)")
+    xfer.set_defaults(fn=cmd_transfer)
+    cons = sub.add_parser("consult", help="supervised transfer: start (hold and call), complete, cancel, swap")
+    cons.add_argument("id")
+    cons.add_argument("action", choices=["start", "complete", "cancel", "swap"])
+    cons.add_argument("target", nargs="?", help="start: whom to consult")
+    cons.add_argument("--party", choices=["a", "b"], default="a", help="start: the party held (default a)")
+    cons.set_defaults(fn=cmd_consult)
     ev = sub.add_parser("events", help="follow call events (Ctrl-C to stop)")
     ev.add_argument("--call", help="only this call's events (ends with the call)")
     ev.add_argument("--count", type=int, default=0, help="stop after this many events")

@@ -4,13 +4,16 @@ How this works: `mount_api` adds a sub-application at /v1 to the app that serves
 /healthz. Its middlewares answer every error as JSON (errors.py) and check who is asking (auth.py:
 a bearer token, or loopback only when none is configured). The routes:
 
-    GET    /v1/calls               calls.py   live calls, oldest first
-    GET    /v1/calls/{id}          calls.py   one call
-    DELETE /v1/calls/{id}          calls.py   hang up (optional {"reason": ...})
-    POST   /v1/calls/{id}/hold     calls.py   re-INVITE one party with sendonly ({"party": "a"|"b"})
-    POST   /v1/calls/{id}/resume   calls.py   ... with sendrecv
-    GET    /v1/events              stream.py  server-sent call events
-    GET    /v1/openapi.json        openapi.py this API described (kept equal to the router by a test)
+    GET    /v1/calls                 calls.py      live calls, oldest first
+    POST   /v1/calls                 originate.py  click-to-dial: call party a, then b, and bridge them
+    GET    /v1/calls/{id}            calls.py      one call
+    DELETE /v1/calls/{id}            calls.py      hang up (optional {"reason": ...})
+    POST   /v1/calls/{id}/hold       calls.py      re-INVITE one party with sendonly ({"party": "a"|"b"})
+    POST   /v1/calls/{id}/resume     calls.py      ... with sendrecv
+    POST   /v1/calls/{id}/transfer   transfers.py  blind, attended, early; by rebridging or REFER
+    POST   /v1/calls/{id}/consult    consult.py    supervised: start, complete, cancel, swap
+    GET    /v1/events                stream.py     server-sent call events
+    GET    /v1/openapi.json          openapi.py    this API described (kept equal to the router by a test)
 
 Calls get short ids from the registry (registry.py), which, like the event hub (events.py), follows
 the core through `Core.listeners`. Handlers act on the sans-IO core only through the gate
@@ -28,7 +31,7 @@ from aiohttp import web
 
 from ..call.hold import GLARE_RETRY_DELAY_S
 from ..config import Settings
-from . import calls, openapi, stream
+from . import calls, consult, openapi, originate, stream, transfers
 from .auth import auth_middleware
 from .context import CONTEXT, ApiContext
 from .errors import error_middleware
@@ -38,7 +41,7 @@ from .registry import CallRegistry
 
 __all__ = ["CONTEXT", "ApiContext", "mount_api"]
 
-ROUTE_MODULES = (calls, stream, openapi)
+ROUTE_MODULES = (calls, originate, transfers, consult, stream, openapi)
 
 
 def mount_api(app: web.Application, core: Any, settings: Settings, log: Any, stats: Any, *,

@@ -10,7 +10,7 @@ times, and never lets anything raise back into the core (a failure is counted as
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -32,6 +32,7 @@ class ApiContext:
     gate: CoreGate
     on_bug: Callable[[BaseException, str], None]
     operation_timeout: float  # longest an API request waits for a SIP outcome (then 504)
+    consults: dict[Call, Any] = field(default_factory=dict)  # supervised consultations under way (consult.py)
 
     def call_for(self, request: web.Request) -> Call:
         call_id = request.match_info["id"]
@@ -51,6 +52,8 @@ class ApiContext:
                 api_id = known
             self.hub.publish(api_id, call.call_id, event, dict(fields))
             self.registry.on_event(call, event, fields)
+            if event == "call_ended":
+                self.consults.pop(call, None)
         except Exception as exc:  # a listener must never raise into the core
             self.on_bug(exc, "api_listener")
 

@@ -14,8 +14,8 @@ from typing import Any
 from aiohttp import web
 from pydantic.json_schema import models_json_schema
 
-from .bodies import HangupBody, HoldBody
-from .views import CallList, CallView, ErrorView
+from .bodies import ConsultBody, HangupBody, HoldBody, OriginateBody, TransferBody
+from .views import CallList, CallView, ConsultView, ErrorView, TransferStarted
 
 API_VERSION = "1.0.0"
 _REF = "#/components/schemas/{model}"
@@ -24,7 +24,9 @@ _REF = "#/components/schemas/{model}"
 def _schemas() -> dict[str, Any]:
     _, top = models_json_schema(
         [(CallList, "serialization"), (CallView, "serialization"), (ErrorView, "serialization"),
-         (HangupBody, "validation"), (HoldBody, "validation")],
+         (TransferStarted, "serialization"), (ConsultView, "serialization"),
+         (HangupBody, "validation"), (HoldBody, "validation"), (OriginateBody, "validation"),
+         (TransferBody, "validation"), (ConsultBody, "validation")],
         ref_template=_REF)
     return dict(top.get("$defs", {}))
 
@@ -71,14 +73,85 @@ def _hold_op(hold: bool) -> dict[str, Any]:
     }
 
 
+def _body(name: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+_ORIGINATE = {
+    "operationId": "originateCall",
+    "summary": "Click-to-dial: call party a, then party b, and bridge them",
+    "description": "The B2BUA sends party a an INVITE without SDP; a's 200 carries the offer, which goes "
+                   "through the relay into the INVITE to b; b's answer reaches a in the ACK (RFC 3725 flow I). "
+                   "b rings at most 64·T1 - 2 s (a's 200 waits for its ACK meanwhile). Answered at once; "
+                   "progress on the event stream: originate_started, party_ringing, party_answered, "
+                   "call_answered, or originate_failed {side, status, reason} and call_ended {result}.",
+    "requestBody": _body("OriginateBody"),
+    "responses": {
+        "201": _ok("CallView", "the call, being placed (Location: its URL)"),
+        "403": _error("a target the transfer policy (transfers.allow/deny) refuses"),
+        "503": _error("draining, or at calls.max_calls"),
+        **_BODY_ERRORS, **_AUTH,
+    },
+}
+
+_TRANSFER = {
+    "operationId": "transferCall",
+    "summary": "Transfer one party of the call (blind, attended, early completion)",
+    "description": "rebridge: the B2BUA calls the target (blind) or takes the consultation call's target leg "
+                   "(attended, early), re-INVITEs the transferee onto it and releases the other party; on "
+                   "failure the call stays as it was. refer: REFER to the transferee with a Refer-To back "
+                   "through the B2BUA (attended: with Replaces naming the consultation leg); 403/405/501 "
+                   "fall back to rebridge when api.refer_fallback is set; early completion is always done "
+                   "by rebridge. Progress on the event stream: transfer_started, transfer_progress "
+                   "{status, sipfrag}, transfer_completed or transfer_failed.",
+    "parameters": [_CALL_ID],
+    "requestBody": _body("TransferBody"),
+    "responses": {
+        "202": _ok("TransferStarted", "under way (refer: the REFER was accepted)"),
+        "403": _error("a target the transfer policy refuses"),
+        "404": _error("no live call with this id, or no consultation call with consult_call_id"),
+        "409": _error("not now: the call (or the consultation call) is not in a state to transfer; the reason "
+                      "says which (not answered, a transfer or re-INVITE under way, busy with another API "
+                      "operation, not ringing for early, ...)"),
+        "502": _error("the transferee refused the REFER (its status in `sip_status`)"),
+        "504": _error("the transferee did not answer the REFER in time"),
+        **_BODY_ERRORS, **_AUTH,
+    },
+}
+
+_CONSULT = {
+    "operationId": "consultCall",
+    "summary": "Supervised transfer inside the B2BUA: start, complete, cancel, swap",
+    "description": "start: hold `party` (signalling hold: sendonly re-INVITE; no music on hold yet), call "
+                   "`target` and connect it to the other party (the held one waits, parked on the B2BUA). "
+                   "complete: join the held party to the target, release the other. cancel: hang the target "
+                   "up, reconnect the held party. swap: hold whoever talks to the middle party, reconnect "
+                   "the held one. Each answers once the re-INVITEs are done (start: once the target answered).",
+    "parameters": [_CALL_ID],
+    "requestBody": _body("ConsultBody"),
+    "responses": {
+        "200": _ok("ConsultView", "done"),
+        "403": _error("a target the transfer policy refuses"),
+        "404": _error("no live call with this id"),
+        "409": _error("not now (no consultation under way, one already is, a transfer or re-INVITE pending, "
+                      "the call ended meanwhile); the reason says which"),
+        "502": _error("the target or a party refused (its status in `sip_status`)"),
+        "504": _error("no outcome in time"),
+        **_BODY_ERRORS, **_AUTH,
+    },
+}
+
+
 def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "b2bua control API",
             "version": API_VERSION,
-            "description": "Calls through the B2BUA: list, inspect, hang up, hold and resume, and a live "
-                           "event stream. Served next to /metrics on the daemon's http.listen address.",
+            "description": "Calls through the B2BUA: list, inspect, place (click-to-dial), hang up, hold and "
+                           "resume, transfer (blind, attended, early completion; by rebridging or REFER), a "
+                           "supervised consultation, and a live event stream. Served next to /metrics on the "
+                           "daemon's http.listen address.",
         },
         "servers": [{"url": "/"}],
         "security": [{"bearerAuth": []}, {}],
@@ -89,6 +162,7 @@ def document() -> dict[str, Any]:
                     "summary": "Calls in progress, oldest first",
                     "responses": {"200": _ok("CallList", "every live call"), **_AUTH},
                 },
+                "post": _ORIGINATE,
             },
             "/v1/calls/{id}": {
                 "get": {
@@ -113,6 +187,8 @@ def document() -> dict[str, Any]:
             },
             "/v1/calls/{id}/hold": {"post": _hold_op(True)},
             "/v1/calls/{id}/resume": {"post": _hold_op(False)},
+            "/v1/calls/{id}/transfer": {"post": _TRANSFER},
+            "/v1/calls/{id}/consult": {"post": _CONSULT},
             "/v1/events": {
                 "get": {
                     "operationId": "streamEvents",

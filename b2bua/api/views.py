@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..call.call import Call
 from ..call.hold import transfer_under_way
 from ..call.leg import Leg
+from ..call.originate import OriginatedCall
 from ..sip.headers import HeaderError, NameAddr, parse_name_addr
 from ..sip.uri import UriError
 from .registry import Entry
@@ -49,11 +50,30 @@ class CallView(View):
     state: Literal["calling", "early", "confirmed", "cancelling", "ending", "ended"]
     created: datetime
     answered: datetime | None
-    caller: Party = Field(description="From of the caller's INVITE")
-    callee: Party = Field(description="To of the caller's INVITE (the party dialled)")
+    caller: Party = Field(description="From of the caller's INVITE (click-to-dial: party a, called first)")
+    callee: Party = Field(description="To of the caller's INVITE, the party dialled (click-to-dial: party b)")
+    originated: bool = Field(False, description="placed by the B2BUA itself (POST /v1/calls)")
     legs: list[LegView]
     media_relay: str | None = Field(description="the relay carrying the call's media (none: not anchored)")
     transfer_in_progress: bool
+
+
+class TransferStarted(View):
+    call: CallView = Field(description="the call being transferred, as it is now")
+    type: Literal["blind", "attended", "early"]
+    method: Literal["rebridge", "refer"] = Field(description="how it is carried out (after any fallback)")
+    party: Literal["a", "b"] = Field(description="the party transferred; the other one is released")
+    target: str = Field(description="blind: the target URI; attended, early: the consultation's target party")
+    consult_call_id: str | None = None
+    fallback: str | None = Field(None, description="why the method is not the one asked for (REFER refused, "
+                                                   "or early completion, which endpoints cannot do)")
+
+
+class ConsultView(View):
+    call: CallView
+    action: Literal["start", "complete", "cancel", "swap"]
+    consult: Literal["talking_to_target", "talking_to_held", "ended"] = Field(
+        description="where the consultation stands after the action")
 
 
 class CallList(View):
@@ -104,14 +124,18 @@ def leg_view(leg: Leg) -> LegView:
 def call_view(call: Call, entry: Entry) -> CallView:
     relay = getattr(call.media, "relay", None)  # absent with media relaying off
     invite = call.a_invite
+    originated = isinstance(call, OriginatedCall)
+    caller, callee = (call.party_a, call.party_b) if isinstance(call, OriginatedCall) else (invite.from_, invite.to)
+    busy = entry.busy or ""
     return CallView.model_validate({
         "id": entry.id,
         "state": call.state.value,
         "created": _time(entry.created),
         "answered": _time(entry.answered),
-        "caller": _party(invite.from_),
-        "callee": _party(invite.to),
+        "caller": _party(caller),
+        "callee": _party(callee),
+        "originated": originated,
         "legs": [leg_view(call.a), leg_view(call.b)],
         "media_relay": getattr(relay, "name", None),
-        "transfer_in_progress": transfer_under_way(call),
+        "transfer_in_progress": transfer_under_way(call) or busy.startswith(("transfer", "consult")),
     })

@@ -137,6 +137,10 @@ class Call:
         # passthrough: (leg, our REFER's CSeq) -> the REFER we relayed (the id the transferor knows, ...)
         self._relayed_refers: dict[tuple[tuple[str, str], str], RelayedRefer] = {}
         self._hangup_while_lent: str | None = None
+        # In-dialog requests something other than the relay must see first (the NOTIFYs of a REFER
+        # the B2BUA sent, a parked party's requests): each returns True when it took the request.
+        self.intercepts: list[Any] = []
+        self.on_hangup: list[Any] = []  # hangup(reason) hooks: legs parked aside must be released too
 
     @property
     def call_id(self) -> str:
@@ -393,6 +397,8 @@ class Call:
         if not dialog.check_remote_cseq(req):
             self.ctx.respond(tx, build_response(req, 500, "Out of order CSeq"))
             return
+        if any(intercept(leg, tx, req) for intercept in list(self.intercepts)):
+            return
         if self.transfer is not None and leg in self.transfer.lent_legs:
             self.transfer.lent_leg_request(leg, tx, req)  # the consultation call's legs, for now
             return
@@ -639,6 +645,8 @@ class Call:
         for leg in (self.a, self.b):
             if leg is not from_leg and leg.confirmed:
                 self._send_bye(leg, reason)
+        for hook in list(self.on_hangup):
+            hook(reason)
         if not self.b_final and self.b_invite_tx is not None:
             self.ctx.cancel(self.b_invite_tx)
         self._maybe_finish()

@@ -1,9 +1,11 @@
-"""A transfer the B2BUA carries out itself: REFER in `terminate` mode (RFC 3515, RFC 5589 §6-7).
+"""A transfer the B2BUA carries out itself: REFER in `terminate` mode (RFC 3515, RFC 5589 §6-7), or
+started without any REFER (the control API, a recall).
 
 How this works: when one party of a confirmed call (the transferor) sends REFER, the call hands it to
 a `Transfer`. The transfer answers 202, keeps the implicit refer subscription toward the transferor
-(`ReferSubscription`: NOTIFY 100 Trying at once, then the target's provisional and final status as
-message/sipfrag), and connects the transferee to the target in one of three ways (`kind`):
+(`NotifySink` around a `ReferSubscription`: NOTIFY 100 Trying at once, then the target's provisional
+and final status as message/sipfrag), and connects the transferee to the target in one of three ways
+(`kind`):
 - blind: the target is called on a new leg, as the transferee would call it. The INVITE carries
   the transferee's last SDP (made sendrecv again, since the transferor usually held it first)
   offered through a new media session, so the target answers toward relay ports at once and its
@@ -26,6 +28,14 @@ the NOTIFY carries that status and nothing else changes: the transferee stays wi
 (RFC 5589 §6.2). If the transferor hangs up after the 202 the transfer goes on (and a failure then
 hangs up the transferee, who has nobody left); if the transferee hangs up, the target's leg is
 cancelled or ended. Every transfer reports its kind, result and duration once (`transfer_ended`).
+
+Where progress goes is the transfer's `sink` (a `TransferSink`), and what to call comes from a
+`TransferTarget` (the target URI, Referred-By, a foreign Replaces: a `ReferRequest` has the same
+fields). A transfer nobody REFERred is started with `start_transfer(call, transferee, target,
+sink, ...)`, usually with an `EventSink` (progress as call events for the API's stream, the outcome
+to a callback). There the "transferor" is simply the other party of the call: it is released when
+the transfer completes, if it is still there (a transfer with nobody to release, e.g. a recall of a
+transferor who has left, works the same, and hangs the transferee up if it fails: nobody is left).
 """
 
 from __future__ import annotations
@@ -43,7 +53,8 @@ from ..sip.uri import SipUri, parse_uri
 from .capabilities import ALLOW
 from .consultation import Consultation
 from .leg import Leg, Side
-from .refer import ReferNotify, ReferRequest, ReferSubscription
+from .refer import ReferRequest
+from .transfer_sink import NotifySink, TransferSink, TransferTarget
 
 if TYPE_CHECKING:
     from .call import Call
@@ -60,9 +71,22 @@ class TransferState(enum.Enum):
     FAILED = "failed"  # the target did not answer (the call is as it was), or the transfer was abandoned
 
 
+def start_transfer(call: Call, transferee: Leg, target: TransferTarget, sink: TransferSink, *,
+                   hop: Address | None = None, consultation: Consultation | None = None) -> Transfer:
+    """Start a transfer nobody REFERred: `transferee` (one of the call's two legs) is connected to
+    `target`, called on a new leg through `hop` (blind), or to the consultation's target leg
+    (attended, early). The call's other leg is released on success if it is still up. The caller
+    checks first that the call may be transferred now (confirmed, nothing else under way)."""
+    transfer = Transfer(call, call.other(transferee), target, hop, consultation=consultation, sink=sink)
+    call.transfer = transfer
+    transfer.start()
+    return transfer
+
+
 class Transfer:
-    def __init__(self, call: Call, transferor: Leg, refer: ReferRequest, hop: Address | None, expires: int,
-                 consultation: Consultation | None = None) -> None:
+    def __init__(self, call: Call, transferor: Leg, refer: ReferRequest | TransferTarget, hop: Address | None,
+                 expires: int = 60, consultation: Consultation | None = None, *,
+                 sink: TransferSink | None = None, park: Any = None) -> None:
         self.call = call
         self.ctx = call.ctx
         self.transferor = transferor
@@ -73,7 +97,13 @@ class Transfer:
         self.kind = "blind" if consultation is None else ("early" if consultation.early else "attended")
         self.state = TransferState.CALLING
         self.started_at = self.ctx.now()
-        self.sub = ReferSubscription(refer.cseq, self.ctx.now(), expires, wanted=refer.subscription_wanted)
+        if sink is None:
+            assert isinstance(refer, ReferRequest), "a transfer without a REFER needs a sink"
+            sink = NotifySink(call, transferor, refer.cseq, expires, wanted=refer.subscription_wanted)
+        self.sink: TransferSink = sink
+        # park(transferor, its media session): keep the transferor aside instead of releasing it (a
+        # supervised consultation, consult.py); such a move is not counted as a transfer.
+        self.park = park
         if consultation is None:
             assert hop is not None
             self.target = Leg(call, Side.B, self.ctx.new_call_id(), self.ctx.new_tag(), hop)
@@ -84,9 +114,9 @@ class Transfer:
         self.invite: Request | None = None  # the INVITE that calls the target (blind, early)
         self.invite_tx: Any = None
         self.invite_final = False  # that INVITE got its final response
-        self.transferor_gone = False  # the transferor sent BYE after the 202 (or was released: early)
+        # The transferor sent BYE after the 202 (or was released: early), or was gone from the start.
+        self.transferor_gone = not transferor.confirmed
         self.result: str | None = None  # completed, failed, abandoned, bridge_failed (reported once)
-        self._expiry: Any = None
         self._ring_timer: Any = None
         self._rang_out = False  # we cancelled the target's INVITE for want of an answer
         self._glare_retries = 0
@@ -117,10 +147,9 @@ class Transfer:
     # -- start -------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._notify(self.sub.progress(100, self.ctx.now()))
-        self._arm_expiry()
+        self.sink.start(self)
         self.ctx.log_event(self.call, "transfer_started", kind=self.kind, transferor=self.transferor.label,
-                           target=str(self.refer.target), b_call_id=self.target.call_id)
+                           target=str(self.refer.target), b_call_id=self.target.call_id, **self.sink.fields)
         c = self.consultation
         if c is None:
             self.call.add_leg(self.target)
@@ -141,23 +170,7 @@ class Transfer:
 
     def _offer_sdp(self) -> bytes | None:
         """The transferee's last SDP, every stream made sendrecv (it was probably held for the REFER)."""
-        remote = self.transferee.sdp.remote
-        if remote is None:
-            return None
-        try:
-            sdp = SessionDescription.parse(remote)
-        except SdpError:
-            return None
-        for m in sdp.media:
-            if not m.disabled and m.direction is not None:
-                m.set_direction("sendrecv")
-        for line in sdp.session:
-            if line.type == "a" and line.value in ("sendonly", "recvonly", "inactive"):
-                line.value = "sendrecv"
-        conn = sdp.connection
-        if conn is not None and conn.is_null:  # RFC 2543 hold: the real address is unknown
-            return None
-        return sdp.serialize()
+        return sendrecv_offer(self.transferee.sdp.remote)
 
     def _send_invite(self, body: bytes | None, error: str | None) -> None:
         """Blind: call the target on our new leg, as the transferee."""
@@ -206,7 +219,7 @@ class Transfer:
         c.call.hand_over_ringing_target(self.call)
         self._arm_ring_timer(already=self.ctx.now() - c.call.started_at)
         # From the transferor's side the replacement took effect: report success and release it.
-        self._notify(self.sub.final(200, "OK"))
+        self.sink.transferor_released()
         self.transferor_gone = True
         if self.transferor.confirmed:
             self.call.release_leg(self.transferor, "call transferred")
@@ -234,7 +247,7 @@ class Transfer:
             return
         if status < 200:
             if self.state is TransferState.CALLING:
-                self._notify(self.sub.progress(status, self.ctx.now(), resp.reason))
+                self.sink.provisional(status, resp.reason)
             return
         if status >= 300:
             self.invite_final = True
@@ -348,7 +361,7 @@ class Transfer:
 
     def _target_answered(self, status: int, reason: str | None, body: bytes) -> None:
         self.state = TransferState.BRIDGING
-        self._notify(self.sub.final(status, reason))
+        self.sink.final(status, reason)
         if not body:
             self._bridge_failed("the target answered without SDP")
             return
@@ -370,9 +383,13 @@ class Transfer:
             c.call.surrender_legs()
             call.release_leg_if_up(c.transferor_leg, "call transferred")
         old_media = call.swap_leg(self.transferor, self.target, self.media)
-        old_media.delete()
-        call.release_leg_if_up(self.transferor, "call transferred")
-        self.ctx.log_event(call, "transfer_bridged", kind=self.kind, target=str(self.refer.target))
+        if self.park is not None:
+            self.park(self.transferor, old_media)
+        else:
+            old_media.delete()
+            call.release_leg_if_up(self.transferor, "call transferred")
+        self.ctx.log_event(call, "transfer_bridged", kind=self.kind, target=str(self.refer.target),
+                           **self.sink.fields)
         self._reinvite_transferee(body)
 
     def _reinvite_transferee(self, body: bytes) -> None:
@@ -405,20 +422,21 @@ class Transfer:
             self._bridge_failed(f"the transferee refused the re-INVITE ({resp.status})")
             return
         self.state = TransferState.DONE
-        self._cancel_expiry()
+        self.sink.close()
         if resp.body:
             self.transferee.sdp.incoming(resp.body)
             # The transferee's answer may name a new address: the relay learns it (ports unchanged).
             self.media.offer(self.transferee.local_tag, self.target.local_tag, resp.body, _ignore)
-        self.ctx.log_event(self.call, "transfer_completed", kind=self.kind, target=str(self.refer.target))
+        self.ctx.log_event(self.call, "transfer_completed", kind=self.kind, target=str(self.refer.target),
+                           **self.sink.fields)
         self._report("completed")
         self.call.transfer_settled(self)
 
     def _bridge_failed(self, reason: str) -> None:
         """The target answered but the call cannot be joined to it: end everything, cleanly."""
         self.state = TransferState.FAILED
-        self._cancel_expiry()
-        self.ctx.log_event(self.call, "transfer_bridge_failed", kind=self.kind, reason=reason)
+        self.sink.close()
+        self.ctx.log_event(self.call, "transfer_bridge_failed", kind=self.kind, reason=reason, **self.sink.fields)
         self._report("bridge_failed")
         if self.lent_legs:
             self._return_consultation(hang_up=True)
@@ -433,11 +451,12 @@ class Transfer:
     def _fail(self, status: int, reason: str | None) -> None:
         """The target could not be reached: tell the transferor; the call stays as it was."""
         self.state = TransferState.FAILED
-        self._cancel_expiry()
+        self.sink.close()
         self._cancel_ring_timer()
-        self._notify(self.sub.final(status, reason))
+        self.sink.final(status, reason)
         self.media.delete()
-        self.ctx.log_event(self.call, "transfer_failed", kind=self.kind, status=status, reason=reason or "")
+        self.ctx.log_event(self.call, "transfer_failed", kind=self.kind, status=status, reason=reason or "",
+                           **self.sink.fields)
         self._report("failed")
         if self.lent_legs:
             self._return_consultation(hang_up=False)
@@ -456,9 +475,9 @@ class Transfer:
             return
         calling = self.state is TransferState.CALLING
         self.state = TransferState.FAILED
-        self._cancel_expiry()
+        self.sink.close()
         self._cancel_ring_timer()
-        self.sub.abandon()
+        self.sink.abandon()
         self.media.delete()  # whatever the target answers now, it will not be bridged
         self._report("abandoned")
         if calling and self.invite_tx is not None and not self.invite_final:
@@ -478,7 +497,7 @@ class Transfer:
     def transferor_left(self) -> None:
         """The transferor sent BYE after the 202 (some phones do within 300 ms): go on without it."""
         self.transferor_gone = True
-        self.sub.abandon()
+        self.sink.transferor_left()
 
     def lent_leg_request(self, leg: Leg, tx: Any, req: Request) -> None:
         """A request on a consultation leg this transfer holds: BYE ends it; the rest must wait."""
@@ -494,34 +513,30 @@ class Transfer:
     def _report(self, result: str) -> None:
         if self.result is None:
             self.result = result
-            self.ctx.transfer_ended(self.call, self.kind, result, self.ctx.now() - self.started_at)
+            if self.park is None:
+                self.ctx.transfer_ended(self.call, self.kind, result, self.ctx.now() - self.started_at)
+            self.sink.ended(result)
 
-    # -- NOTIFY ------------------------------------------------------------------------------------
 
-    def _notify(self, notify: ReferNotify | None) -> None:
-        leg = self.transferor
-        if notify is None or self.transferor_gone or not leg.confirmed:
-            return
-        headers = [*notify.headers, ("Contact", self.ctx.contact_for(leg.peer))]
-        self.call.send_own(leg, "NOTIFY", notify.body, self._notify_answered, headers)
-
-    def _notify_answered(self, tx: Any, resp: Response | None) -> None:
-        if resp is None or resp.status in (481, 408):
-            self.sub.abandon()  # RFC 6665 §4.1.3: the subscription is gone on the other side
-
-    def _arm_expiry(self) -> None:
-        at = self.sub.expires_at
-        if at is not None:
-            self._expiry = self.ctx.call_later(max(0.0, at - self.ctx.now()), self._expired)
-
-    def _expired(self) -> None:
-        self._expiry = None
-        self._notify(self.sub.handle_timer(self.ctx.now()))
-
-    def _cancel_expiry(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
+def sendrecv_offer(remote: bytes | None) -> bytes | None:
+    """A party's last SDP with every stream made sendrecv, to offer to a new peer; None when unknown
+    or unusable (unreadable, or an RFC 2543 hold whose real address is unknown)."""
+    if remote is None:
+        return None
+    try:
+        sdp = SessionDescription.parse(remote)
+    except SdpError:
+        return None
+    for m in sdp.media:
+        if not m.disabled and m.direction is not None:
+            m.set_direction("sendrecv")
+    for line in sdp.session:
+        if line.type == "a" and line.value in ("sendonly", "recvonly", "inactive"):
+            line.value = "sendrecv"
+    conn = sdp.connection
+    if conn is not None and conn.is_null:
+        return None
+    return sdp.serialize()
 
 
 def _ignore(*_: Any) -> None:
