@@ -700,6 +700,8 @@ class Call:
                 raise _Refused(403, "Forbidden (no transfer before the call is answered)")
             if self.transfer is not None or self.lent is not None or self.replacement is not None:
                 raise _Refused(491, "Request Pending (a transfer is in progress)")
+            if self.intercepts:
+                raise _Refused(491, "Request Pending (an operator transfer or consultation is in progress)")
             if self.a.reinvite_pending or self.b.reinvite_pending:
                 raise _Refused(491, "Request Pending (a re-INVITE is in progress)")
             refer = self._parse_refer(leg, req)
@@ -885,7 +887,7 @@ class Call:
     def busy(self) -> bool:
         """Something is under way that lending our legs to a transfer would break."""
         return (self.transfer is not None or self.lent is not None or self.replacement is not None
-                or self.deflection is not None or self.a.reinvite_pending or self.b.reinvite_pending
+                or self.deflection is not None or bool(self.intercepts) or self.a.reinvite_pending or self.b.reinvite_pending
                 or any(pair is not None for pair in self._relays.values()))
 
     def ringing(self) -> bool:

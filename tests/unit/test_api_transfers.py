@@ -16,7 +16,7 @@ from b2bua.sip.message import Request
 from .test_api import Api, eventually, run, served
 from .test_attended_transfer import CAROL_SDP2, answer, consult, ok_all, reinvites
 from .test_call_media import CALLER_SDP, establish, media_port, relay_ports
-from .test_transfer import TARGET, TARGET_SDP, wire
+from .test_transfer import TARGET, TARGET_SDP, refer_from_callee, wire
 from .wire import CALLER, PBX, Wire, in_dialog, response_to
 
 
@@ -414,4 +414,20 @@ def test_early_rebridge_and_early_by_refer_which_is_done_by_rebridge():
             answer(w, a_reinv, CALLER, CALLER_SDP)
             ok_all(w, PBX, "BYE")
             assert w.core.stats.transfers[("early", "completed")] == 1 and len(w.core.calls) == 1
+    run(scenario)
+
+
+def test_a_phone_refer_while_the_api_refers_gets_491():
+    async def scenario() -> None:
+        w = wire()
+        async with served(w) as api:
+            a200, _, b200 = establish(w)
+            task, refer = await _refer_sent(api, w)
+            refer_from_callee(w, b200, cseq=9)  # bob transfers on his own meanwhile
+            [refused] = w.responses(PBX, 491)
+            assert "operator transfer" in (refused.reason or "")
+            assert not w.requests(TARGET, "INVITE")
+            answer(w, refer, CALLER, status=202, reason="Accepted")
+            status, _, _ = await task
+            assert status == 202
     run(scenario)
