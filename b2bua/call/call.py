@@ -887,7 +887,8 @@ class Call:
     def busy(self) -> bool:
         """Something is under way that lending our legs to a transfer would break."""
         return (self.transfer is not None or self.lent is not None or self.replacement is not None
-                or self.deflection is not None or bool(self.intercepts) or self.a.reinvite_pending or self.b.reinvite_pending
+                or self.deflection is not None or bool(self.intercepts)
+                or self.a.reinvite_pending or self.b.reinvite_pending
                 or any(pair is not None for pair in self._relays.values()))
 
     def ringing(self) -> bool:
