@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import CollectorRegistry
 
 TRANSFER_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)  # seconds
-TRANSFER_KINDS = ("blind", "attended", "early", "deflection")
+TRANSFER_KINDS = ("blind", "attended", "early", "deflection", "recall")
 TRANSFER_RESULTS = ("completed", "failed", "abandoned", "bridge_failed")
 
 

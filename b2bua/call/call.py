@@ -31,6 +31,7 @@ from .deflection import Deflection, request_uri
 from .header_policy import HeaderPolicy
 from .leg import Leg, Side
 from .pickup import Pickup
+from .recall import recall_transferor
 from .refer import ReferError, ReferRequest, parse_refer, parse_sipfrag, refer_to_with_replaces
 from .replacement import Replacement, ReplacingInvite
 from .sdp_path import SdpPath
@@ -983,6 +984,8 @@ class Call:
         """A transfer reached its end (success, failure, or abandoned and its INVITE finished)."""
         if self.transfer is transfer and transfer.finished:
             self.transfer = None
+            if transfer.recall_due and not recall_transferor(self, transfer):
+                self.hangup(reason="transfer failed and the transferor could not be recalled")
             self._maybe_finish()
 
     def state_is_confirmed(self) -> bool:

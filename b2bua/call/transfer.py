@@ -116,6 +116,7 @@ class Transfer:
         self.invite_final = False  # that INVITE got its final response
         # The transferor sent BYE after the 202 (or was released: early), or was gone from the start.
         self.transferor_gone = not transferor.confirmed
+        self.recall_due = False  # failed after the transferor left: call it back (recall.py)
         self.result: str | None = None  # completed, failed, abandoned, bridge_failed (reported once)
         self._ring_timer: Any = None
         self._rang_out = False  # we cancelled the target's INVITE for want of an answer
@@ -461,8 +462,12 @@ class Transfer:
         if self.lent_legs:
             self._return_consultation(hang_up=False)
         if self.transferor_gone and self.call.state_is_confirmed():
-            # RFC 5589 §6.2 would return the transferee to the transferor, who has hung up.
-            self.call.hangup(reason="transfer failed and the transferor has left")
+            # RFC 5589 §6.2 would return the transferee to the transferor, who has gone.
+            if self.kind != "recall" and self.ctx.transfers.recall_transferor:
+                self.recall_due = True  # Call.transfer_settled calls it back once this one is over
+                self.ctx.call_later(0, lambda: self.call.transfer_settled(self))
+            else:
+                self.call.hangup(reason="transfer failed and the transferor has left")
 
     def _return_consultation(self, hang_up: bool) -> None:
         c = self.consultation

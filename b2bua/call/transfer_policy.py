@@ -130,6 +130,9 @@ class TransferSettings(_Section):
         "own_dialogs: a Replaces must name a dialog of this B2BUA; any: it may name any dialog "
         "(relayed to the target); never: REFERs with Replaces are refused"))
     reject_early_dialog_refer: bool = Field(False, description="refuse REFERs received before the call is answered")
+    recall_transferor: bool = Field(False, description=(
+        "when a transfer fails after the transferor has gone (early completion, or it hung up after "
+        "the 202), call the transferor back instead of hanging up the transferee"))
     notify_expires_s: int = Field(60, ge=1, le=86_400, description="duration of the implicit refer subscription")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from b2bua.sip.address import Address
 from b2bua.sip.message import Request, Response
 
-from .test_call_media import CALLER_SDP, establish, media_port, relay_ports
+from .test_call_media import CALLEE_SDP, CALLER_SDP, establish, media_port, relay_ports
 from .test_transfer import TARGET, TARGET_SDP, sipfrags, wire
 from .wire import CALLER, PBX, SDP, Wire, in_dialog, response_to
 
@@ -300,3 +300,53 @@ Content-Type: application/sdp""", TARGET, body=TARGET_SDP)
     assert t_bye.call_id == "carol-1@127.0.0.1"
     answer(w, t_bye, TARGET)
     assert not w.core.calls and w.rtp is not None and not w.rtp.calls and not w.core._legs
+
+
+def _early_completion_that_rings_out(w: Wire):
+    a200, b_inv, b200 = establish(w)
+    ringing, c_inv = consult(w, answer=False)
+    refer_with_replaces(w, b200, ringing)
+    ok_all(w, PBX, "BYE")
+    w.take()
+    w.advance(w.core.no_answer_timeout + 1)
+    answer(w, w.requests(TARGET, "CANCEL")[0], TARGET)
+    w.inject(response_to(c_inv, 487, "Request Terminated", to_tag="ctag"), TARGET)
+    w.advance(0)
+    return a200, b_inv
+
+
+def test_recall_calls_the_released_transferor_back_and_rejoins_the_transferee():
+    w = wire(transfers={"recall_transferor": True})
+    a200, b_inv = _early_completion_that_rings_out(w)
+    assert not w.requests(CALLER, "BYE")  # alice is kept
+    [recall] = [r for r in w.requests(PBX, "INVITE") if r.call_id not in (b_inv.call_id,)]
+    assert str(recall.uri) == "sip:bob@127.0.0.1:5080"  # bob's Contact, through his dialog's hop
+    assert "alice" in (recall.headers.get("From") or "")  # alice calls him back
+    assert media_port(recall.body)[1] in relay_ports(w)
+    w.inject(response_to(recall, 200, "OK", to_tag="recalled", extra="Content-Type: application/sdp"), PBX,
+             body=CALLEE_SDP)
+    assert [a for a in w.requests(PBX, "ACK") if a.call_id == recall.call_id]
+    [a_reinv] = reinvites(w, CALLER, a200.call_id)
+    answer(w, a_reinv, CALLER, CALLER_SDP)
+    assert w.core.stats.transfers[("early", "failed")] == 1
+    assert w.core.stats.transfers[("recall", "completed")] == 1
+    events = [e for e, _ in w.log.events]
+    assert "transferor_recalled" in events
+    # alice and bob talk again: her BYE reaches him on the recall's dialog.
+    w.inject(in_dialog("BYE", a200, cseq=3, branch="z9hG4bKabye", from_side_is_to=False))
+    [bye] = [b for b in w.requests(PBX, "BYE") if b.call_id == recall.call_id]
+    answer(w, bye, PBX)
+    assert not w.core.calls and w.rtp is not None and not w.rtp.calls and not w.core._legs
+
+
+def test_a_recall_that_fails_hangs_up_the_transferee_once():
+    w = wire(transfers={"recall_transferor": True})
+    a200, b_inv = _early_completion_that_rings_out(w)
+    [recall] = [r for r in w.requests(PBX, "INVITE") if r.call_id != b_inv.call_id]
+    w.inject(response_to(recall, 486, "Busy Here", to_tag="recalled"), PBX)
+    a_bye = w.requests(CALLER, "BYE")[0]
+    assert "transferor has left" in a_bye.headers.get("Reason")
+    answer(w, a_bye, CALLER)
+    assert len([r for r in w.requests(PBX, "INVITE") if r.call_id != b_inv.call_id]) == 1  # no second recall
+    assert w.core.stats.transfers[("recall", "failed")] == 1
+    assert not w.core.calls and w.rtp is not None and not w.rtp.calls

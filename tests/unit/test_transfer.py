@@ -226,3 +226,17 @@ def test_glare_on_the_transferees_reinvite_is_retried_with_the_same_offer():
                          extra="Content-Type: application/sdp"), CALLER, body=CALLER_SDP)
     # The 491 was ACKed by its transaction, the 200 by the call.
     assert [a.cseq.seq for a in w.requests(CALLER, "ACK")] == [first.cseq.seq, second[0].cseq.seq]
+
+
+def test_with_recall_a_failure_after_the_transferor_left_calls_it_back():
+    w = wire(transfers={"recall_transferor": True})
+    a200, b_inv, b200 = establish(w)
+    refer_from_callee(w, b200)
+    w.inject(in_dialog("BYE", b200, cseq=3, branch="z9hG4bKbyeB", from_side_is_to=True, via="127.0.0.1:5080"), PBX)
+    [t_inv] = w.requests(TARGET, "INVITE")
+    w.inject(response_to(t_inv, 486, "Busy Here", to_tag="ctag"), TARGET)
+    w.advance(0)
+    assert not w.requests(CALLER, "BYE")
+    [recall] = [r for r in w.requests(PBX, "INVITE") if r.call_id != b_inv.call_id]
+    assert str(recall.uri) == "sip:bob@127.0.0.1:5080"
+    assert w.core.stats.transfers[("blind", "failed")] == 1
