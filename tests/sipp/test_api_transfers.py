@@ -22,8 +22,7 @@ import pytest
 from . import rtp
 from .harness import Daemon, TrioResult
 from .test_api import EventReader, api, wait_for_call
-from .test_attended_transfer import assert_talking
-from .transfers import TransferRig, heard, received, start_rig
+from .transfers import AFTER_TRANSFER, TransferRig, assert_talking, heard, received, start_rig
 
 pytestmark = [pytest.mark.sipp, pytest.mark.time_limit(60)]
 
@@ -91,7 +90,7 @@ def test_blind_rebridge_moves_alice_to_carol_and_releases_bob(rig):
     r.assert_on_relay(a_moved)
     [b_bye] = received(bob.message_file, "BYE")
     assert b_bye.header("Reason") == 'SIP;cause=200;text="call transferred"', b_bye.text
-    assert_talking(sn, r, alice, carol, bob)
+    assert_talking(sn, r.daemon, alice, carol, AFTER_TRANSFER, left_out=bob)
     seen = events.wait()
     assert progress(seen) == [100, 180, 200], seen
     assert names(seen)[-1] == "call_ended" and "transfer_completed" in names(seen)
@@ -143,7 +142,7 @@ def test_blind_by_refer_lets_alice_transfer_herself_through_the_daemon(rig):
     assert heard(bob.message_file) == ["INVITE", "ACK", "BYE"], heard(bob.message_file)
     [c_inv] = received(carol.message_file, "INVITE")
     r.assert_on_relay(c_inv)
-    assert_talking(sn, r, alice, carol, bob)
+    assert_talking(sn, r.daemon, alice, carol, AFTER_TRANSFER, left_out=bob)
     seen = events.wait()
     assert progress(seen) == ["accepted", 100, 200], seen
     assert_nothing_left(r)
@@ -183,7 +182,7 @@ def test_supervised_consult_start_then_complete(rig):
     r.assert_on_relay(a_moved)
     [b_bye] = received(bob.message_file, "BYE")
     assert b_bye.header("Reason") == 'SIP;cause=200;text="call transferred"', b_bye.text
-    assert_talking(sn, r, alice, carol, bob)
+    assert_talking(sn, r.daemon, alice, carol, AFTER_TRANSFER, left_out=bob)
     seen = events.wait()
     consult_events = [n for n in names(seen) if n.startswith("consult_")]
     assert consult_events == ["consult_started", "consult_connected", "consult_completed"], seen
@@ -226,7 +225,7 @@ def test_attended_rebridge_joins_alice_to_bobs_consultation_with_carol(rig):
     r.assert_on_relay(c_moved)
     byes = received(bob.message_file, "BYE")
     assert len(byes) == 2 and all("call transferred" in (b.header("Reason") or "") for b in byes)
-    assert_talking(sn, r, alice, carol, bob)
+    assert_talking(sn, r.daemon, alice, carol, AFTER_TRANSFER, left_out=bob)
     m = r.daemon.settled()
     assert m.get("b2bua_transfers_total", kind="attended", result="completed") == 1, m
     assert m.get("b2bua_calls_total", result="transferred") == 1, m  # the consultation call
@@ -257,7 +256,7 @@ def test_attended_by_refer_lets_alice_replace_bob_in_his_consultation(rig):
     assert heard(carol.message_file) == ["INVITE", "ACK", "INVITE", "ACK", "BYE"], heard(carol.message_file)
     reasons = sorted(b.header("Reason") or "" for b in received(bob.message_file, "BYE"))
     assert reasons == ['SIP;cause=200;text="call transferred"', 'SIP;cause=200;text="replaced"'], reasons
-    assert_talking(sn, r, alice, carol, bob)
+    assert_talking(sn, r.daemon, alice, carol, AFTER_TRANSFER, left_out=bob)
     seen = events.wait()
     assert progress(seen) == ["accepted", 100, 200], seen
     m = r.daemon.settled()
@@ -296,7 +295,7 @@ def test_early_completion_joins_alice_to_carol_once_she_answers(rig, method):
     alice, bob, carol = result.uac, result.uas, result.target
     assert heard(carol.message_file) == ["INVITE", "ACK", "INVITE", "ACK", "BYE"], heard(carol.message_file)
     assert not received(alice.message_file, "REFER")
-    assert_talking(sn, r, alice, carol, bob)
+    assert_talking(sn, r.daemon, alice, carol, AFTER_TRANSFER, left_out=bob)
     m = r.daemon.settled()
     assert m.get("b2bua_transfers_total", kind="early", result="completed") == 1, m
     assert_nothing_left(r)
