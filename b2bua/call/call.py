@@ -27,7 +27,7 @@ from ..sip.message import Headers, Request, Response, build_response
 from ..sip.uri import UriError, find_param, format_params, parse_params, parse_uri, unescape
 from .capabilities import ALLOW
 from .consultation import Consultation, find_consultation
-from .deflection import Deflection, request_uri
+from .deflection import Deflection
 from .header_policy import HeaderPolicy
 from .leg import Leg, Side
 from .pickup import Pickup
@@ -35,6 +35,7 @@ from .recall import recall_transferor
 from .refer import ReferError, ReferRequest, parse_refer, parse_sipfrag, refer_to_with_replaces
 from .replacement import Replacement, ReplacingInvite
 from .sdp_path import SdpPath
+from .target_uri import request_uri
 from .transfer import Transfer, TransferState
 
 # Requests a leg may relay within a dialog; the rest are answered 405 or handled specially.
@@ -177,7 +178,7 @@ class Call:
         ctx = self.ctx
         invite = self.a_invite
         hop = self.b.peer
-        ruri = request_uri(getattr(invite.uri, "user", None), hop)
+        ruri = request_uri(invite.uri, hop)
         a_from, a_to = invite.from_, invite.to
         from_value = str(NameAddr(a_from.uri, a_from.display, (("tag", self.b.local_tag),)))
         to_value = str(NameAddr(a_to.uri, a_to.display))

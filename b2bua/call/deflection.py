@@ -37,17 +37,10 @@ from ..sip.uri import parse_uri
 from .capabilities import ALLOW
 from .leg import Leg, Side
 from .refer import ReferNotify, ReferRequest, ReferSubscription
+from .target_uri import request_uri
 
 if TYPE_CHECKING:
     from .call import Call
-
-
-def request_uri(user: str | None, hop: Address) -> str:
-    """The Request-URI of an INVITE we send `user` at next hop `hop` (no DNS: the hop's address)."""
-    ruri = f"sip:{user + '@' if user else ''}{hop.host_for_uri}:{hop.port}"
-    if hop.transport != "udp":
-        ruri += f";transport={hop.transport}"
-    return ruri
 
 
 class Deflection:
@@ -99,7 +92,6 @@ class Deflection:
             return
         a_invite = self.call.a_invite
         target = self.refer.target
-        user = getattr(target, "user", None) or getattr(target, "number", None)
         a_from = a_invite.from_
         mf = a_invite.max_forwards
         headers = [
@@ -116,7 +108,7 @@ class Deflection:
         ]
         if self.refer.referred_by:
             headers.append(("Referred-By", self.refer.referred_by))  # RFC 3892 §3
-        self.invite = Request("INVITE", parse_uri(request_uri(user, self.hop)), Headers(headers), body)
+        self.invite = Request("INVITE", parse_uri(request_uri(target, self.hop)), Headers(headers), body)
         self.target.invite_tx = self.invite_tx = self.ctx.send_request(self.target, self.invite, self.hop)
 
     # -- the target's answer -----------------------------------------------------------------------

@@ -56,8 +56,9 @@ def transfer_under_way(call: Call) -> bool:
     return call.transfer is not None or call.lent is not None or call.replacement is not None
 
 
-def refusal(call: Call, leg: Leg, hold: bool) -> str | None:
-    """Why `leg` (one of the call's two bridged legs) cannot be held (or resumed) now; None if it can."""
+def bridged_leg_refusal(call: Call, leg: Leg) -> str | None:
+    """Why nothing can be done to `leg` now (the call is not up, the leg has left or is not
+    confirmed, a transfer or re-INVITE is under way); None if something can."""
     party = f"party {leg.label}"
     if call.state is not CallState.CONFIRMED:
         return f"the call is {call.state.value}, not answered and up"
@@ -69,6 +70,15 @@ def refusal(call: Call, leg: Leg, hold: bool) -> str | None:
         return "a transfer is in progress"
     if call.a.reinvite_pending or call.b.reinvite_pending:
         return "a re-INVITE is pending on this call"
+    return None
+
+
+def refusal(call: Call, leg: Leg, hold: bool) -> str | None:
+    """Why `leg` (one of the call's two bridged legs) cannot be held (or resumed) now; None if it can."""
+    why = bridged_leg_refusal(call, leg)
+    if why is not None:
+        return why
+    party = f"party {leg.label}"
     if leg.sdp.local is None:
         return f"no SDP has been sent to {party} yet"
     if hold and leg.sdp.local_held:

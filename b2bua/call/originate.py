@@ -35,22 +35,13 @@ from ..sip.address import Address
 from ..sip.dialog import Dialog, DialogState
 from ..sip.headers import NameAddr
 from ..sip.message import Headers, Request, Response
-from ..sip.uri import SipUri, Uri, parse_uri, unescape
+from ..sip.uri import Uri, parse_uri
 from .call import Call, CallContext, CallState
 from .capabilities import ALLOW
 from .leg import Leg, Side
+from .target_uri import request_uri
 
 _SETUP = (CallState.CALLING, CallState.EARLY)
-
-
-def request_uri(target: Uri, hop: Address) -> str:
-    """The Request-URI for `target` sent to `hop`: its user (or number) at the hop's address."""
-    if isinstance(target, SipUri):
-        user = target.user
-    else:  # tel: the number, without its parameters
-        user = unescape(target.raw.split(":", 1)[-1].split(";", 1)[0]) or None
-    uri = f"sip:{user + '@' if user else ''}{hop.host_for_uri}:{hop.port}"
-    return uri + (f";transport={hop.transport}" if hop.transport != "udp" else "")
 
 
 class OriginatedCall(Call):

@@ -49,11 +49,12 @@ from ..sip.address import Address
 from ..sip.dialog import Dialog, DialogState
 from ..sip.headers import NameAddr
 from ..sip.message import Headers, Request, Response, build_response
-from ..sip.uri import SipUri, parse_uri
+from ..sip.uri import parse_uri
 from .capabilities import ALLOW
 from .consultation import Consultation
 from .leg import Leg, Side
 from .refer import ReferRequest
+from .target_uri import request_uri
 from .transfer_sink import NotifySink, TransferSink, TransferTarget
 
 if TYPE_CHECKING:
@@ -189,10 +190,7 @@ class Transfer:
         ctx, hop = self.ctx, self.hop
         assert hop is not None
         target = self.refer.target
-        user = target.user if isinstance(target, SipUri) else getattr(target, "number", None)
-        ruri = f"sip:{user + '@' if user else ''}{hop.host_for_uri}:{hop.port}"
-        if hop.transport != "udp":
-            ruri += f";transport={hop.transport}"
+        ruri = request_uri(target, hop)
         assert self.transferee.dialog is not None
         headers = [
             # The target sees the transferee calling (RFC 5589 §6), on a dialog of our own.

@@ -17,25 +17,17 @@ from __future__ import annotations
 
 from .call import Call, CallState
 from .consultation import Consultation
-from .hold import transfer_under_way
+from .hold import bridged_leg_refusal
 from .leg import Leg
 
 
 def transfer_refusal(call: Call, transferee: Leg) -> str | None:
     """Why `transferee` cannot be transferred away from the call's other party now; None if it can."""
-    party = f"party {transferee.label}"
-    if call.state is not CallState.CONFIRMED:
-        return f"the call is {call.state.value}, not answered and up"
-    if transferee is not call.a and transferee is not call.b:
-        return f"{party} is no longer in the call"
-    if not transferee.confirmed:
-        return f"{party}'s dialog is not confirmed"
-    if transfer_under_way(call):
-        return "a transfer is in progress"
-    if call.a.reinvite_pending or call.b.reinvite_pending:
-        return "a re-INVITE is pending on this call"
+    why = bridged_leg_refusal(call, transferee)
+    if why is not None:
+        return why
     if transferee.sdp.remote is None:
-        return f"{party}'s media is not known yet"
+        return f"party {transferee.label}'s media is not known yet"
     return None
 
 
