@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from . import rtp
-from .harness import Daemon, TrioResult
+from .harness import Daemon, TracedMessage, TrioResult
 from .test_api import EventReader, api, wait_for_call
-from .transfers import AFTER_TRANSFER, TransferRig, assert_talking, heard, received, start_rig
+from .transfers import AFTER_TRANSFER, TransferRig, assert_talking, heard, received, sent, start_rig
 
 pytestmark = [pytest.mark.sipp, pytest.mark.time_limit(60)]
 
@@ -42,9 +42,9 @@ def rig(start_daemon: Callable[..., Daemon], tmp_path: Path, needs_daemon) -> Ca
 
 
 @contextlib.contextmanager
-def running(r: TransferRig, target: str, uas: str, uac: str) -> Iterator[Callable[[], TrioResult]]:
+def running(r: TransferRig, target: str, uas: str, uac: str, **opts: object) -> Iterator[Callable[[], TrioResult]]:
     pool = concurrent.futures.ThreadPoolExecutor(1)
-    future = pool.submit(r.run, target, uas, uac, recv_timeout_ms=20000, timeout_s=30)
+    future = pool.submit(r.run, target, uas, uac, recv_timeout_ms=20000, timeout_s=30, **opts)
     try:
         yield lambda: future.result(timeout=45)
     finally:
@@ -298,4 +298,209 @@ def test_early_completion_joins_alice_to_carol_once_she_answers(rig, method):
     assert_talking(sn, r.daemon, alice, carol, AFTER_TRANSFER, left_out=bob)
     m = r.daemon.settled()
     assert m.get("b2bua_transfers_total", kind="early", result="completed") == 1, m
+    assert_nothing_left(r)
+
+
+def direction(msg: TracedMessage) -> str:
+    for d in ("sendonly", "recvonly", "inactive"):
+        if f"a={d}" in msg.text:
+            return d
+    return "sendrecv"
+
+
+def party(msg: TracedMessage) -> str:
+    """Whose SDP `msg` carries: the scenarios mark theirs with ``a=x-party:<name>``."""
+    return msg.text.split("a=x-party:", 1)[1].split()[0]
+
+
+def consult_names(events: list[dict]) -> list[str]:
+    return [n for n in names(events) if n.startswith("consult_")]
+
+
+def consult_started(r: TransferRig) -> dict:
+    """Call 1 answered, `consult start` to carol done (alice held and parked, bob talking to carol)."""
+    call = wait_for_call(r.daemon)
+    status, body = consult(r, call["id"], action="start", target="carol")
+    assert status == 200 and body["consult"] == "talking_to_target", body
+    return call
+
+
+def test_consult_cancel_hangs_up_carol_and_gives_bob_alice_back(rig):
+    """start then cancel: carol is released, alice is re-INVITEd off hold onto a new relay session
+    with bob (who is re-INVITEd onto it first), and alice and bob talk again through the relay."""
+    r = rig()
+    events = EventReader(r.daemon)
+    r.daemon.wait_metric("b2bua_api_event_streams", 1)
+    with rtp.sniffing() as sn, running(r, "api_uas_consult_cancelled_target.xml",
+                                       "api_uas_consult_cancelling_agent.xml",
+                                       "api_uac_consult_resumed.xml") as verdict:
+        call = consult_started(r)
+        status, body = consult(r, call["id"], action="cancel")
+        assert status == 200 and body["consult"] == "ended", body
+        assert body["call"]["transfer_in_progress"] is False, body
+        status, body = consult(r, call["id"], action="cancel")
+        assert (status, body) == (409, {"error": "no consultation is under way on this call"})
+        result = verdict()
+    alice, bob, carol = result.uac, result.uas, result.target
+    assert heard(carol.message_file) == ["INVITE", "ACK", "BYE"], heard(carol.message_file)
+    [c_bye] = received(carol.message_file, "BYE")
+    assert c_bye.header("Reason") == 'SIP;cause=200;text="consultation cancelled"', c_bye.text
+    [a_hold, a_back] = received(alice.message_file, "INVITE")
+    assert (direction(a_hold), direction(a_back)) == ("sendonly", "sendrecv")
+    assert party(a_back) == "bob"
+    r.assert_on_relay(a_back)
+    [_, b_consult, b_back] = received(bob.message_file, "INVITE")
+    assert (party(b_consult), party(b_back), direction(b_back)) == ("carol", "alice", "sendrecv")
+    r.assert_on_relay(b_back)
+    assert_talking(sn, r.daemon, alice, bob, AFTER_TRANSFER, left_out=carol)
+    seen = events.wait()
+    assert consult_names(seen) == ["consult_started", "consult_connected", "consult_cancelled"], seen
+    m = r.daemon.settled()
+    assert m.get("b2bua_transfers_total", kind="attended") == 0, m  # nothing was transferred
+    assert m.get("b2bua_calls_total", result="answered") == 1, m
+    assert_nothing_left(r)
+
+
+def test_consult_swap_then_complete_joins_alice_to_carol(rig):
+    """start, swap, complete: the swap holds carol (sendonly) and parks her, then moves bob back onto
+    alice's media and alice off hold (talking_to_held); complete joins alice to carol, alice
+    re-INVITEd first, carol off hold onto alice's media, and releases bob."""
+    r = rig()
+    events = EventReader(r.daemon)
+    r.daemon.wait_metric("b2bua_api_event_streams", 1)
+    with rtp.sniffing() as sn, running(r, "api_uas_consult_swapped_target.xml", "api_uas_consult_swapping_agent.xml",
+                                       "api_uac_consult_swapped.xml") as verdict:
+        call = consult_started(r)
+        status, body = consult(r, call["id"], action="swap")
+        assert status == 200 and body["consult"] == "talking_to_held", body
+        status, body = api(r.daemon, "POST", f"/v1/calls/{call['id']}/hold", {"party": "a"})
+        assert status == 409, body  # the consultation still runs
+        status, body = consult(r, call["id"], action="complete")
+        assert status == 200 and body["consult"] == "ended", body
+        result = verdict()
+    alice, bob, carol = result.uac, result.uas, result.target
+    [a_hold, a_swapped, a_joined] = received(alice.message_file, "INVITE")
+    assert [(party(m), direction(m)) for m in (a_hold, a_swapped, a_joined)] == [
+        ("bob", "sendonly"), ("bob", "sendrecv"), ("carol", "sendrecv")]
+    [_, b_consult, b_swapped] = received(bob.message_file, "INVITE")
+    assert [(party(m), direction(m)) for m in (b_consult, b_swapped)] == [("carol", "sendrecv"), ("alice", "sendrecv")]
+    r.assert_on_relay(b_swapped)
+    assert heard(carol.message_file) == ["INVITE", "ACK", "INVITE", "ACK", "INVITE", "ACK", "BYE"], \
+        heard(carol.message_file)
+    [c_inv, c_hold, c_joined] = received(carol.message_file, "INVITE")
+    assert [(party(m), direction(m)) for m in (c_hold, c_joined)] == [("bob", "sendonly"), ("alice", "sendrecv")]
+    assert c_joined.header("Call-ID") == c_inv.header("Call-ID")  # her own dialog, re-INVITEd
+    r.assert_on_relay(c_joined)
+    r.assert_on_relay(a_joined)
+    [b_bye] = received(bob.message_file, "BYE")
+    assert b_bye.header("Reason") == 'SIP;cause=200;text="call transferred"', b_bye.text
+    assert_talking(sn, r.daemon, alice, carol, AFTER_TRANSFER, left_out=bob)
+    seen = events.wait()
+    assert consult_names(seen) == ["consult_started", "consult_connected", "consult_swapped", "consult_completed"], seen
+    swapped = next(e for e in seen if e["event"] == "consult_swapped")
+    assert swapped["fields"]["talking_to"] == "held", swapped
+    m = r.daemon.settled()
+    assert m.get("b2bua_transfers_total", kind="attended", result="completed") == 1, m
+    assert_nothing_left(r)
+
+
+def test_consult_swap_then_cancel_releases_the_parked_carol(rig):
+    """start, swap, cancel: after the swap bob already talks to alice again, so the cancel only hangs
+    up carol, parked on hold; no re-INVITE, and alice and bob talk through the relay."""
+    r = rig()
+    events = EventReader(r.daemon)
+    r.daemon.wait_metric("b2bua_api_event_streams", 1)
+    with rtp.sniffing() as sn, running(r, "api_uas_consult_swapped_out_target.xml",
+                                       "api_uas_consult_cancelling_agent.xml",
+                                       "api_uac_consult_resumed.xml") as verdict:
+        call = consult_started(r)
+        status, body = consult(r, call["id"], action="swap")
+        assert status == 200 and body["consult"] == "talking_to_held", body
+        status, body = consult(r, call["id"], action="cancel")
+        assert status == 200 and body["consult"] == "ended", body
+        result = verdict()
+    alice, bob, carol = result.uac, result.uas, result.target
+    assert heard(carol.message_file) == ["INVITE", "ACK", "INVITE", "ACK", "BYE"], heard(carol.message_file)
+    [_, c_hold] = received(carol.message_file, "INVITE")
+    assert (party(c_hold), direction(c_hold)) == ("bob", "sendonly")
+    [c_bye] = received(carol.message_file, "BYE")
+    assert c_bye.header("Reason") == 'SIP;cause=200;text="consultation cancelled"', c_bye.text
+    [a_hold, a_back] = received(alice.message_file, "INVITE")
+    assert [(party(m), direction(m)) for m in (a_hold, a_back)] == [("bob", "sendonly"), ("bob", "sendrecv")]
+    r.assert_on_relay(a_back)
+    [_, _, b_back] = received(bob.message_file, "INVITE")
+    assert (party(b_back), direction(b_back)) == ("alice", "sendrecv")
+    assert_talking(sn, r.daemon, alice, bob, AFTER_TRANSFER, left_out=carol)
+    seen = events.wait()
+    assert consult_names(seen) == ["consult_started", "consult_connected", "consult_swapped", "consult_cancelled"], seen
+    m = r.daemon.settled()
+    assert m.get("b2bua_transfers_total", kind="attended") == 0, m
+    assert_nothing_left(r)
+
+
+def test_refer_refused_405_falls_back_to_rebridge(rig):
+    """A transfer asked by REFER that alice refuses 405 is done by rebridge
+    (api.refer_fallback, on by default): the answer says why in `fallback`, the B2BUA calls carol
+    as alice would, moves alice onto carol's media and releases bob."""
+    r = rig()
+    events = EventReader(r.daemon)
+    r.daemon.wait_metric("b2bua_api_event_streams", 1)
+    with rtp.sniffing() as sn, running(r, "api_uas_blind_target.xml", "api_uas_agent.xml",
+                                       "api_uac_refer_405_transferee.xml") as verdict:
+        call = wait_for_call(r.daemon)
+        status, body = transfer(r, call["id"], type="blind", target="carol", method="refer")
+        assert status == 202, body
+        assert (body["method"], body["fallback"]) == (
+            "rebridge", "the transferee answered the REFER 405 Method Not Allowed"), body
+        result = verdict()
+    alice, bob, carol = result.uac, result.uas, result.target
+    [refer] = received(alice.message_file, "REFER")
+    assert refer.header("Refer-To") == f"<sip:carol@127.0.0.1:{r.daemon.sip_port}>", refer.text
+    assert len(sent(alice.message_file, "SIP/2.0 405")) == 1  # no second REFER
+    assert heard(carol.message_file) == ["INVITE", "ACK", "BYE"], heard(carol.message_file)
+    [c_inv] = received(carol.message_file, "INVITE")
+    assert "sip:alice@" in (c_inv.header("From") or ""), c_inv.text  # the B2BUA calls her as alice
+    r.assert_on_relay(c_inv)
+    [a_moved] = received(alice.message_file, "INVITE")
+    assert (party(a_moved), direction(a_moved)) == ("carol", "sendrecv")
+    r.assert_on_relay(a_moved)
+    [b_bye] = received(bob.message_file, "BYE")
+    assert b_bye.header("Reason") == 'SIP;cause=200;text="call transferred"', b_bye.text
+    assert_talking(sn, r.daemon, alice, carol, AFTER_TRANSFER, left_out=bob)
+    seen = events.wait()
+    assert progress(seen) == [100, 180, 200], seen
+    done = next(e for e in seen if e["event"] == "transfer_completed")
+    assert done["fields"]["method"] == "rebridge", done
+    m = r.daemon.settled()
+    assert m.get("b2bua_transfers_total", kind="blind", result="completed") == 1, m
+    assert m.get("b2bua_transfers_total", kind="blind", result="failed") == 0, m
+    assert_nothing_left(r)
+
+
+def test_consult_start_to_a_busy_target_takes_alice_off_hold(rig):
+    """start to carol, who answers 486: 502 with sip_status, alice is taken off hold on the same
+    media (bob is never re-INVITEd) and alice and bob talk through the relay as before."""
+    r = rig()
+    events = EventReader(r.daemon)
+    r.daemon.wait_metric("b2bua_api_event_streams", 1)
+    with rtp.sniffing() as sn, running(r, "api_uas_target_busy.xml", "api_uas_consult_untouched_agent.xml",
+                                       "api_uac_consult_resumed.xml") as verdict:
+        call = wait_for_call(r.daemon)
+        status, body = consult(r, call["id"], action="start", target="carol")
+        assert (status, body) == (502, {"error": "the target answered 486 Busy Here", "sip_status": 486})
+        status, body = api(r.daemon, "GET", f"/v1/calls/{call['id']}")
+        assert status == 200 and body["state"] == "confirmed" and body["transfer_in_progress"] is False, body
+        assert [leg["held"] for leg in body["legs"]] == [False, False], body
+        assert consult(r, call["id"], action="cancel")[0] == 409
+        result = verdict()
+    alice, bob = result.uac, result.uas
+    [a_hold, a_back] = received(alice.message_file, "INVITE")
+    assert [(party(m), direction(m)) for m in (a_hold, a_back)] == [("bob", "sendonly"), ("bob", "sendrecv")]
+    assert rtp.sdp_audio(a_back.text) == rtp.sdp_audio(a_hold.text)  # the same relay port
+    assert heard(bob.message_file) == ["INVITE", "ACK", "BYE"], heard(bob.message_file)
+    assert_talking(sn, r.daemon, alice, bob, AFTER_TRANSFER)
+    seen = events.wait()
+    assert consult_names(seen) == ["consult_started"], seen
+    m = r.daemon.settled()
+    assert m.get("b2bua_transfers_total") == 0, m  # a consultation is not a transfer
     assert_nothing_left(r)
