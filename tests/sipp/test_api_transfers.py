@@ -504,3 +504,35 @@ def test_consult_start_to_a_busy_target_takes_alice_off_hold(rig):
     m = r.daemon.settled()
     assert m.get("b2bua_transfers_total") == 0, m  # a consultation is not a transfer
     assert_nothing_left(r)
+
+
+def test_early_completion_to_a_target_that_refuses_hangs_alice_up(rig):
+    """bob's consultation rings at carol when the API transfers alice to it: bob is released at once
+    (487 on his consultation, BYE on call 1); carol then answers 486. Nobody is left to return alice
+    to, so the B2BUA hangs her up instead of leaving her in a call with nobody (README: a failure
+    with the transferor gone hangs the transferee up); the transfer counts as failed."""
+    r = rig()
+    events = EventReader(r.daemon, stop_after="transfer_failed")
+    r.daemon.wait_metric("b2bua_api_event_streams", 1)
+    with running(r, "api_uas_early_target_rejects.xml", "api_uas_early_agent.xml",
+                 "api_uac_abandoned_transferee.xml") as verdict:
+        call1, consultation = wait_for_ringing_consultation(r)
+        status, body = transfer(r, call1["id"], type="early", consult_call_id=consultation["id"])
+        assert status == 202 and body["method"] == "rebridge", body
+        result = verdict()
+    alice, bob, carol = result.uac, result.uas, result.target
+    finals = [h for h in heard(alice.message_file) if not h.startswith("SIP/2.0 1")]
+    assert finals == ["SIP/2.0 200", "BYE"], heard(alice.message_file)  # no re-INVITE, then the BYE
+    [a_bye] = received(alice.message_file, "BYE")
+    assert a_bye.header("Reason") == 'SIP;cause=200;text="transfer failed and the transferor has left"', a_bye.text
+    [b_bye] = received(bob.message_file, "BYE")
+    assert b_bye.header("Reason") == 'SIP;cause=200;text="call transferred"', b_bye.text
+    assert heard(carol.message_file) == ["INVITE", "ACK"], heard(carol.message_file)
+    seen = events.wait()
+    failed = seen[-1]
+    assert failed["event"] == "transfer_failed" and failed["fields"]["status"] == 486, seen
+    assert "transfer_completed" not in names(seen)
+    m = r.daemon.settled()
+    assert m.get("b2bua_transfers_total", kind="early", result="failed") == 1, m
+    assert m.get("b2bua_transfers_total", kind="early", result="completed") == 0, m
+    assert_nothing_left(r)
