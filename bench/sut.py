@@ -173,10 +173,8 @@ def _kill_group(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # workers that outlived their parent, if any
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -198,7 +196,8 @@ def started(sut: Sut, workdir: Path, *, config_toml: str = "", env: dict[str, st
         penv.update(SIPLOG_LVL="WARN", SIPLOG_BEND="stderr")
     elif sut.kind == "sippy_b2bua":
         cmd = [str(PEERS_VENV / "bin" / "b2bua"), "--foreground=on", f"--sip_address={LOOPBACK}",
-               f"--sip_port={sip_port}", f"--static_route={LOOPBACK}:{next_hop}", "--auth_enable=off", "--acct_enable=off",
+               f"--sip_port={sip_port}", f"--static_route={LOOPBACK}:{next_hop}",
+               "--auth_enable=off", "--acct_enable=off",  # no RADIUS: it would start radiusclient helpers
                f"--logfile={workdir / 'sippy.log'}", f"--b2bua_socket=udp:{LOOPBACK}:{free_port()}"]
         penv.update(SIPLOG_LVL="WARN", SIPLOG_BEND="stderr")
     elif sut.kind == "kamailio":
