@@ -23,6 +23,7 @@ import argparse
 import datetime
 import json
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -41,9 +42,13 @@ PARTS = ("signalling", "memory", "media", "transfers")
 PROFILES = {
     "quick": dict(turns=1, fixed_s=5, step_s=3, probe_s=0, cap=1200, memory_calls=1000, media_seconds=2,
                   media_repeats=1, media_steps="1000x50,3000x50", transfer_s=3),
-    "full": dict(turns=2, fixed_s=20, step_s=10, probe_s=3, cap=2500, memory_calls=20000, media_seconds=5,
-                 media_repeats=3, media_steps="1000x50,2000x50,3000x50,3000x60,3000x70", transfer_s=20),
+    "full": dict(turns=2, fixed_s=15, step_s=10, probe_s=3, cap=2500, memory_calls=20000, media_seconds=5,
+                 media_repeats=2, media_steps="1000x50,2000x50,3000x50,3000x70", transfer_s=15),
 }
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-calls", type=int, help="concurrent calls of the memory part")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args(argv)
+    # Ctrl-C and SIGTERM unwind through every `finally`, which kills what this run started (a shell
+    # that starts us in the background leaves SIGINT ignored: restore it).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     cfg = dict(PROFILES["quick" if args.quick else "full"])
     if args.turns:
         cfg["turns"] = min(max(args.turns, 1), 9)

@@ -12,7 +12,7 @@ system alike) each system is started fresh and driven by a SIPp caller/callee pa
    once more (the machine may be shared); the climb stops at the second unclean run. Where the
    ladder starts comes from a quick probe in the first turn (3 s steps 50 % apart), so each turn
    spends its time near the system's limit: it starts two rungs below the best clean rate seen so
-   far and steps down when even that fails.
+   far and steps down when even that fails. After an unclean step the system is restarted.
 
 The figure per system is the median over the turns of its highest clean rate (min and max beside
 it). A step where SIPp itself used most of a core is marked: SIPp, not the system under test, may
@@ -21,6 +21,7 @@ then be the limit (Kamailio reaches that point on this machine).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from .sut import Sut, started
 HOLD_MS = 1000
 FIXED_RATE = 50.0
 LADDER = [round(50 * 1.1**k) for k in range(45)]  # 50 .. ~3,600 calls/s, 10 % apart
+MAX_DOWN = 3  # rungs (of 2) to step down when the start of a turn fails, before giving up
+FIXED_MIN_OK = 0.99  # the fixed step's CPU and latency count if this share of its calls succeeded
 GEN_BOUND = 0.85  # SIPp cores above which a failed step may be the generator's limit
 
 
@@ -58,7 +61,7 @@ class SutResult:
         for t in self.turns:
             if what == "best" and not t.error:
                 out.append(t.best)
-            elif t.fixed is not None and t.fixed.clean:
+            elif t.fixed is not None and t.fixed.successful >= FIXED_MIN_OK * t.fixed.calls:
                 out.append({"cpu": t.fixed.cpu_ms_per_call, "p50": t.fixed.p50, "p99": t.fixed.p99}[what])
         return out
 
@@ -103,34 +106,51 @@ def probe(sut: Sut, workdir: Path, seconds: float, cap: float, log) -> float:
 
 def climb(sut: Sut, workdir: Path, start_rung: int, fixed_s: float, step_s: float, cap: float, log, *,
           stride: int = 1, retry: bool = True) -> Turn:
-    """The fixed 50 calls/s step, then the ladder from `start_rung`, `stride` rungs a step."""
+    """The fixed 50 calls/s step, then the ladder from `start_rung`, `stride` rungs a step.
+
+    After an unclean step the system is restarted: an overloaded system keeps the calls it lost
+    (Sippy, for one, then fails even at 50 calls/s), and the next step must not pay for them."""
     turn = Turn()
+    runs = 0
+    stack = contextlib.ExitStack()
+
+    def fresh():
+        nonlocal runs
+        stack.close()
+        runs += 1
+        return stack.enter_context(started(sut, workdir / f"run{runs}"))
+
     try:
-        with started(sut, workdir) as running:
-            turn.fixed = step(running, workdir / "fixed", FIXED_RATE, fixed_s, log)
-            k = start_rung
-            failures_here = 0
-            going_down = False
-            while 0 <= k < len(LADDER) and LADDER[k] <= cap:
-                s = step(running, workdir, LADDER[k], step_s, log)
-                turn.steps.append(s)
-                if s.clean:
-                    turn.best = max(turn.best, LADDER[k])
-                    if going_down:
-                        break  # the first clean rung on the way down is the answer
-                    k, failures_here = k + stride, 0
-                    continue
-                failures_here += 1
-                if retry and failures_here < 2:
-                    continue  # once more: the machine may be shared
-                turn.generator_bound = s.gen_cpu_s / max(s.seconds, 0.01) > GEN_BOUND
-                if turn.best or not retry:
-                    break
-                going_down, failures_here = True, 0  # even the start failed: step down
-                k -= 2
+        running = fresh()
+        turn.fixed = step(running, workdir / "fixed", FIXED_RATE, fixed_s, log)
+        if not turn.fixed.clean:
+            running = fresh()
+        k = start_rung
+        failures_here = 0
+        down = 0  # rungs stepped down because even the start failed
+        while 0 <= k < len(LADDER) and LADDER[k] <= cap:
+            s = step(running, workdir, LADDER[k], step_s, log)
+            turn.steps.append(s)
+            if s.clean:
+                turn.best = max(turn.best, LADDER[k])
+                if down:
+                    break  # the first clean rung on the way down is the answer
+                k, failures_here = k + stride, 0
+                continue
+            running = fresh()
+            failures_here += 1
+            if retry and failures_here < 2:
+                continue  # once more: the machine may be shared
+            turn.generator_bound = s.gen_cpu_s / max(s.seconds, 0.01) > GEN_BOUND
+            if turn.best or not retry or down >= MAX_DOWN:
+                break
+            down, failures_here = down + 1, 0  # even the start failed: step down
+            k -= 2
     except Exception as exc:  # noqa: BLE001 - one system failing must not lose the others' figures
         turn.error = f"{type(exc).__name__}: {exc}"
         log(f"    failed: {turn.error}")
+    finally:
+        stack.close()
     return turn
 
 
