@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 TSTAMP := $(VENV)/.installed-test
 ARGS   ?=
 
-.PHONY: run test install install-test lint typecheck clean system-deps
+.PHONY: run test install install-test lint typecheck clean system-deps bench
 
 # Debian packages the quick start relies on: venv support; SIPp and rtpengine for the tests.
 system-deps:
@@ -39,6 +39,13 @@ test: $(TSTAMP)
 lint: $(TSTAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+# Benchmarks beside the peers (see README "Benchmarks"): one table in bench/results/latest.md (+ .json).
+# `make bench QUICK=1` is a short smoke run of every part. Peers are installed by the bench itself
+# (Sippy into bench/.venv-peers, Kamailio with apt-get), never into the project's environment.
+BENCH_ARGS ?=
+bench: $(TSTAMP)
+	$(PY) -m bench.run $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache

@@ -49,6 +49,7 @@ import argparse
 import contextlib
 import ctypes
 import errno
+import json
 import multiprocessing as mp
 import os
 import select
@@ -684,6 +685,28 @@ def packet_sockets() -> int:
         return 0
 
 
+def write_json(path: Path, relays: list[Relay], runs: dict[str, list[Turn]], steps: list[Step],
+               summary: list[tuple], seconds: float, repeats: int, flat: Measure, skipped: str) -> None:
+    """The figures of the report above, for bench/run.py's table."""
+    out: dict[str, Any] = {"seconds": seconds, "repeats": repeats, "generator_flat_out_pps": flat.pps,
+                           "skipped": skipped, "relays": {}}
+    names = {r.name: r.key for r in relays}
+    for name, sat, cpu_first, cpu_sat, core_sat, rss, setup, top_passed in summary:
+        key = names[name]
+        per_step = []
+        for k, step in enumerate(steps):
+            ms = [x for t in runs[key] if (x := t.steps[k]) is not None]
+            per_step.append({"step": str(step), "rate": step.rate, "turns": len(ms),
+                             "pps": [m.pps for m in ms], "loss_pct": [m.loss_pct for m in ms],
+                             "cpu_us": [m.cpu_us for m in ms], "foreign_cores": [m.foreign_cores for m in ms]})
+        out["relays"][key] = {"name": name, "saturation_pps": sat, "top_step_passed": top_passed,
+                              "cpu_us_first_step": cpu_first, "first_step": str(steps[0]),
+                              "cpu_us_at_saturation": cpu_sat,
+                              "core_us_at_saturation": core_sat, "rss_kib_per_session": rss, "setup_s": setup,
+                              "steps": per_step}
+    path.write_text(json.dumps(out, indent=1))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", default=DEFAULT_STEPS, help=f"STREAMSxPPS,... offered in turn ({DEFAULT_STEPS})")
@@ -701,6 +724,8 @@ def main() -> int:
                         "version), in the same turns, for before/after figures")
     p.add_argument("--skip-rtpengine", action="store_true")
     p.add_argument("--only", choices=["rtp_relay", "rtpengine"], help="run one relay only")
+    p.add_argument("--json", metavar="FILE", type=Path,
+                   help="also write the summary (per relay) and every step's medians to FILE as JSON")
     p.add_argument("--netns", action="store_true",
                    help="run in a network namespace of our own (needs root and `ip`): no other process's "
                         "traffic or sniffer on our loopback interface")
@@ -815,6 +840,8 @@ def main() -> int:
           "relay nor generator (a step\nwith more than 5 % is measured again, up to 3 times).")
     if any(t for *_, t in summary):
         print("'>=': the top step passed, so the saturation rate is higher: raise --steps")
+    if args.json is not None:
+        write_json(args.json, relays, runs, steps, summary, seconds, repeats, flat, skipped)
     if skipped:
         print(f"\n{skipped}")
     return 0

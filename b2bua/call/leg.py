@@ -27,7 +27,7 @@ class Side(enum.Enum):
     B = "b"  # toward the callee: we are UAC
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # slots: a call keeps two or more legs for its whole life
 class Leg:
     call: Call
     side: Side

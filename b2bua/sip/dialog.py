@@ -30,7 +30,7 @@ class DialogState(enum.Enum):
     TERMINATED = "terminated"
 
 
-@dataclass
+@dataclass(slots=True)  # slots: two or more per call, for the call's whole life
 class Dialog:
     call_id: str
     local_tag: str

@@ -10,6 +10,7 @@ writes a Content-Length that matches the body, so framing over TCP can never be 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -32,56 +33,91 @@ from .uri import Uri, ascii_int
 
 SIP_VERSION = "SIP/2.0"
 
+# Header name as written -> (canonical name, lower-case lookup key), both interned: every message
+# then shares one string object per header name instead of lower-casing a new one per line. A call
+# keeps several messages of ten-odd lines for its whole life, so this is memory per concurrent call
+# as much as time per message. Bounded, so a peer inventing names cannot grow it without limit.
+_NAMES: dict[str, tuple[str, str]] = {}
+_NAMES_MAX = 4096
+
+
+def _name_key(name: str) -> tuple[str, str]:
+    hit = _NAMES.get(name)
+    if hit is None:
+        canon = canonical_name(name)
+        hit = (sys.intern(canon), sys.intern(canon.lower()))
+        if len(_NAMES) < _NAMES_MAX:
+            _NAMES[name] = hit
+    return hit
+
+
+def _key(name: str) -> str:
+    """The lower-case lookup key of a header name in any case or compact form."""
+    return _name_key(name)[1]
+
 
 class Headers:
-    """An immutable, ordered multi-map of header lines with case-insensitive lookup."""
+    """An immutable, ordered multi-map of header lines with case-insensitive lookup.
 
-    __slots__ = ("_items", "_keys")
+    Kept as three parallel tuples (names as written canonically, values, lower-case keys) rather
+    than a tuple of (name, value) pairs: the names and keys are shared interned strings, so a
+    message's headers cost three tuples and its value strings, with no pair tuple per line (a
+    call holds several messages for its whole life). Iteration still yields (name, value) pairs.
+    """
+
+    __slots__ = ("_names", "_values", "_keys")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._items: tuple[tuple[str, str], ...] = tuple(
-            (canonical_name(n), v) for n, v in items
-        )
-        self._keys: tuple[str, ...] = tuple(n.lower() for n, _ in self._items)
+        names, values, keys = [], [], []
+        for n, v in items:
+            canon, key = _name_key(n)
+            names.append(canon)
+            values.append(v)
+            keys.append(key)
+        self._names: tuple[str, ...] = tuple(names)
+        self._values: tuple[str, ...] = tuple(values)
+        self._keys: tuple[str, ...] = tuple(keys)
 
     @classmethod
-    def _trusted(cls, items: tuple[tuple[str, str], ...], keys: tuple[str, ...]) -> Headers:
+    def _trusted(cls, names: Iterable[str], values: Iterable[str], keys: Iterable[str]) -> Headers:
+        """Headers from names already canonical and their keys (no lookups, no copies of tuples)."""
         h = cls.__new__(cls)
-        h._items = items
-        h._keys = keys
+        h._names = names if isinstance(names, tuple) else tuple(names)
+        h._values = values if isinstance(values, tuple) else tuple(values)
+        h._keys = keys if isinstance(keys, tuple) else tuple(keys)
         return h
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(self._items)
+        return zip(self._names, self._values, strict=True)
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._values)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and canonical_name(name).lower() in self._keys
+        return isinstance(name, str) and _key(name) in self._keys
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Headers) and self._items == other._items
+        return isinstance(other, Headers) and self._names == other._names and self._values == other._values
 
     def __repr__(self) -> str:
-        return f"Headers({list(self._items)!r})"
+        return f"Headers({list(self)!r})"
 
     def get(self, name: str) -> str | None:
-        key = canonical_name(name).lower()
-        for k, (_, v) in zip(self._keys, self._items, strict=True):
+        key = _key(name)
+        for k, v in zip(self._keys, self._values, strict=True):
             if k == key:
                 return v
         return None
 
     def get_all(self, name: str) -> list[str]:
         """Every line of this header, in order (not split on commas)."""
-        key = canonical_name(name).lower()
-        return [v for k, (_, v) in zip(self._keys, self._items, strict=True) if k == key]
+        key = _key(name)
+        return [v for k, v in zip(self._keys, self._values, strict=True) if k == key]
 
     def values(self, name: str) -> list[str]:
         """Every value of a list header, lines split on commas (RFC 3261 §7.3.1)."""
         lines = self.get_all(name)
-        if canonical_name(name).lower() not in LIST_HEADERS:
+        if _key(name) not in LIST_HEADERS:
             return lines
         out: list[str] = []
         for line in lines:
@@ -90,52 +126,66 @@ class Headers:
 
     def set(self, name: str, value: str | Iterable[str]) -> Headers:
         """Replace every line of `name` with `value` (one line per item), at the first's place."""
-        name = canonical_name(name)
-        key = name.lower()
-        new = [(name, value)] if isinstance(value, str) else [(name, v) for v in value]
-        items: list[tuple[str, str]] = []
+        name, key = _name_key(name)
+        new = [value] if isinstance(value, str) else list(value)
+        names: list[str] = []
+        values: list[str] = []
+        keys: list[str] = []
         placed = False
-        for k, item in zip(self._keys, self._items, strict=True):
+        for n, v, k in zip(self._names, self._values, self._keys, strict=True):
             if k == key:
                 if not placed:
-                    items.extend(new)
+                    names.extend([name] * len(new))
+                    values.extend(new)
+                    keys.extend([key] * len(new))
                     placed = True
             else:
-                items.append(item)
+                names.append(n)
+                values.append(v)
+                keys.append(k)
         if not placed:
-            items.extend(new)
-        return Headers._trusted(tuple(items), tuple(n.lower() for n, _ in items))
+            names.extend([name] * len(new))
+            values.extend(new)
+            keys.extend([key] * len(new))
+        return Headers._trusted(names, values, keys)
 
     def add(self, name: str, value: str, *, first: bool = False) -> Headers:
         """Add one line: at the top of the message (Via, Record-Route) or at the end."""
-        name = canonical_name(name)
+        name, key = _name_key(name)
         if first:
-            return Headers._trusted(((name, value), *self._items), (name.lower(), *self._keys))
-        return Headers._trusted((*self._items, (name, value)), (*self._keys, name.lower()))
+            return Headers._trusted((name, *self._names), (value, *self._values), (key, *self._keys))
+        return Headers._trusted((*self._names, name), (*self._values, value), (*self._keys, key))
 
     def remove(self, *names: str) -> Headers:
-        drop = {canonical_name(n).lower() for n in names}
-        pairs = [(k, it) for k, it in zip(self._keys, self._items, strict=True) if k not in drop]
-        return Headers._trusted(tuple(it for _, it in pairs), tuple(k for k, _ in pairs))
+        drop = {_key(n) for n in names}
+        kept = [i for i, k in enumerate(self._keys) if k not in drop]
+        return Headers._trusted([self._names[i] for i in kept], [self._values[i] for i in kept],
+                                [self._keys[i] for i in kept])
 
     def pop_first_value(self, name: str) -> Headers:
         """Remove the first value of a list header (the top Via, the first Route).
 
         For a header that is not a list (From, WWW-Authenticate...) the first line goes whole:
         its commas are not separators."""
-        key = canonical_name(name).lower()
+        key = _key(name)
         is_list = key in LIST_HEADERS
-        items: list[tuple[str, str]] = []
+        names: list[str] = []
+        values: list[str] = []
+        keys: list[str] = []
         done = False
-        for k, (n, v) in zip(self._keys, self._items, strict=True):
+        for n, v, k in zip(self._names, self._values, self._keys, strict=True):
             if k == key and not done:
                 done = True
                 rest = split_list(v)[1:] if is_list else None
                 if rest:
-                    items.append((n, ", ".join(rest)))
+                    names.append(n)
+                    values.append(", ".join(rest))
+                    keys.append(k)
                 continue
-            items.append((n, v))
-        return Headers._trusted(tuple(items), tuple(n.lower() for n, _ in items))
+            names.append(n)
+            values.append(v)
+            keys.append(k)
+        return Headers._trusted(names, values, keys)
 
 
 class _Message:

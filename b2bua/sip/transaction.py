@@ -150,7 +150,15 @@ class Transaction:
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
+        self._release()
         self.layer._forget(self)
+
+    def _release(self) -> None:
+        """Drop what only a live transaction uses: the TU may keep a terminated transaction (a call
+        holds its INVITE's for its whole life), and a parsed response with its cached views or a
+        serialized message is half a kilobyte or more. `request` stays: the TU reads it in
+        `on_timeout` and `on_transport_error`, which come after the end."""
+        self.last_response = None
 
     def _time_out(self) -> None:
         self._terminate()
@@ -197,6 +205,10 @@ class ClientTransaction(Transaction):
         self.layer.retransmissions += 1
         self._send(self._wire)
 
+    def _release(self) -> None:
+        super()._release()
+        self._wire = b""
+
     def _deliver(self, response: Response) -> None:
         self.last_response = response
         self.layer.tu.on_response(self, response)
@@ -219,6 +231,10 @@ class InviteClientTransaction(ClientTransaction):
         self.cancel_tx: ClientTransaction | None = None
         self._cancel_headers: tuple[tuple[str, str], ...] | None = None  # CANCEL waiting for a 1xx
         self._ack_wire = b""
+
+    def _release(self) -> None:
+        super()._release()
+        self._wire = self._ack_wire = b""
 
     def _start(self) -> None:
         self.state = CALLING
@@ -363,6 +379,10 @@ class ServerTransaction(Transaction):
     def _resend(self) -> None:
         self.layer.retransmissions += 1
         self._send(self._wire)
+
+    def _release(self) -> None:
+        super()._release()
+        self._wire = b""
 
     def _refuse(self, response: Response) -> TransactionError:
         return TransactionError(f"cannot send {response.status} in state {self.state.name} of {self!r}")
