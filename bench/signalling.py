@@ -8,7 +8,8 @@ system alike) each system is started fresh and driven by a SIPp caller/callee pa
    (p50/p99, microsecond timestamps from the caller's log);
 2. a ladder of rates 10 % apart, `step_s` seconds each, each call held 1 s. A step is clean with 0
    failed calls, 0 unexpected messages, retransmissions <= 0.1 % of the messages the agents send
-   and an achieved rate >= 99 % of the target (from the INVITE send times). Where the ladder starts comes from a quick probe in the first turn (3 s steps 50 % apart), so each turn
+   and an achieved rate >= 99 % of the target (from the INVITE send times). Where the ladder
+   starts comes from a quick probe in the first turn (short steps 50 % apart), so each turn
    spends its time near the system's limit: it starts two rungs below the probe's figure (one
    below the best of an earlier turn) and steps down when even that fails; at most 5 steps a
    turn. An unclean step is run once more on a freshly started system (an overloaded system keeps
