@@ -111,7 +111,7 @@ def probe(sut: Sut, workdir: Path, seconds: float, cap: float, log) -> float:
 
 
 def climb(sut: Sut, workdir: Path, start_rung: int, fixed_s: float, step_s: float, cap: float, log, *,
-          stride: int = 1, retry: bool = True) -> Turn:
+          stride: int = 1, retry: bool = True, max_steps: int = MAX_STEPS) -> Turn:
     """The fixed 50 calls/s step, then the ladder from `start_rung`, `stride` rungs a step.
 
     After an unclean step the system is restarted: an overloaded system keeps the calls it lost
@@ -134,7 +134,7 @@ def climb(sut: Sut, workdir: Path, start_rung: int, fixed_s: float, step_s: floa
         k = start_rung
         failures_here = 0
         down = 0  # rungs stepped down because even the start failed
-        while 0 <= k < len(LADDER) and LADDER[k] <= cap and len(turn.steps) < MAX_STEPS:
+        while 0 <= k < len(LADDER) and LADDER[k] <= cap and len(turn.steps) < max_steps:
             s = step(running, workdir, LADDER[k], step_s, log)
             turn.steps.append(s)
             if s.clean:
@@ -168,7 +168,7 @@ def run(suts: list[Sut], workdir: Path, *, turns: int, fixed_s: float, step_s: f
         for s in suts:
             log(f"  {s.name}: ladder 50 % apart from 50 calls/s")
             results[s.key].turns.append(climb(s, workdir / s.key / "turn1", 0, fixed_s, step_s, cap, log,
-                                              stride=4, retry=False))
+                                              stride=4, retry=False, max_steps=len(LADDER)))
             log(f"    highest clean: {results[s.key].turns[-1].best:g} calls/s")
         return results
     for s in suts:
