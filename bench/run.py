@@ -42,8 +42,8 @@ PARTS = ("signalling", "memory", "media", "transfers")
 PROFILES = {
     "quick": dict(turns=1, fixed_s=5, step_s=3, probe_s=0, cap=1200, memory_calls=1000, media_seconds=2,
                   media_repeats=1, media_steps="1000x50,3000x50", transfer_s=3),
-    "full": dict(turns=2, fixed_s=15, step_s=10, probe_s=3, cap=2500, memory_calls=20000, media_seconds=5,
-                 media_repeats=2, media_steps="1000x50,2000x50,3000x50,3000x70", transfer_s=15),
+    "full": dict(turns=2, fixed_s=12, step_s=8, probe_s=2, cap=2500, memory_calls=20000, media_seconds=4,
+                 media_repeats=2, media_steps="1000x50,3000x50,3000x70", transfer_s=10),
 }
 
 
