@@ -23,19 +23,19 @@ from typing import Any, Protocol
 from ..sip.address import Address
 from ..sip.dialog import Dialog, DialogState
 from ..sip.headers import NameAddr, Replaces
-from ..sip.message import Headers, Request, Response, build_response
-from ..sip.uri import UriError, find_param, format_params, parse_params, parse_uri, unescape
+from ..sip.message import Request, Response, build_response
+from ..sip.uri import UriError, find_param, format_params, parse_params, unescape
 from .capabilities import ALLOW
 from .consultation import Consultation, find_consultation
 from .deflection import Deflection
 from .header_policy import HeaderPolicy
 from .leg import Leg, Side
+from .outgoing_invite import outgoing_invite
 from .pickup import Pickup
 from .recall import recall_transferor
 from .refer import ReferError, ReferRequest, parse_refer, parse_sipfrag, refer_to_with_replaces
 from .replacement import Replacement, ReplacingInvite
 from .sdp_path import SdpPath
-from .target_uri import request_uri
 from .transfer import Transfer, TransferState
 
 # Requests a leg may relay within a dialog; the rest are answered 405 or handled specially.
@@ -178,22 +178,13 @@ class Call:
         ctx = self.ctx
         invite = self.a_invite
         hop = self.b.peer
-        ruri = request_uri(invite.uri, hop)
         a_from, a_to = invite.from_, invite.to
-        from_value = str(NameAddr(a_from.uri, a_from.display, (("tag", self.b.local_tag),)))
-        to_value = str(NameAddr(a_to.uri, a_to.display))
         mf = invite.max_forwards
-        headers: list[tuple[str, str]] = [
-            ("From", from_value),
-            ("To", to_value),
-            ("Call-ID", self.b.call_id),
-            ("CSeq", "1 INVITE"),
-            ("Max-Forwards", str((mf if mf is not None else 70) - 1)),
-            ("Contact", ctx.contact_for(hop)),
-            ("Allow", ALLOW),
-        ]
-        headers.extend(ctx.policy.request_headers(invite))
-        b_invite = Request("INVITE", parse_uri(ruri), Headers(headers), body)
+        b_invite = outgoing_invite(
+            invite.uri, hop, from_=str(NameAddr(a_from.uri, a_from.display, (("tag", self.b.local_tag),))),
+            to=str(NameAddr(a_to.uri, a_to.display)), call_id=self.b.call_id, contact=ctx.contact_for(hop),
+            body=body, content_type=None,  # the caller's Content-Type crosses with its body (header policy)
+            max_forwards=(mf if mf is not None else 70) - 1, extra=ctx.policy.request_headers(invite))
         self.b_invite = b_invite
         self.b.invite_tx = self.b_invite_tx = ctx.send_request(self.b, b_invite, hop)
         ctx.log_event(self, "call_started", b_call_id=self.b.call_id, next_hop=str(hop))
@@ -767,7 +758,7 @@ class Call:
     def _deflecting(self) -> bool:
         """A deflection may still answer the caller (the phone's own failure must wait for it)."""
         d = self.deflection
-        return d is not None and d.active and self.state is not CallState.CANCELLING and not self.a_answered
+        return d is not None and d.active and self.ringing_for_deflection()
 
     def ringing_for_deflection(self) -> bool:
         """The caller still waits for an answer (the deflecting phone may have given up)."""

@@ -32,12 +32,10 @@ from ..media.leg_sdp import SdpError
 from ..sip.address import Address
 from ..sip.dialog import Dialog
 from ..sip.headers import NameAddr
-from ..sip.message import Headers, Request, Response
-from ..sip.uri import parse_uri
-from .capabilities import ALLOW
+from ..sip.message import Request, Response
 from .leg import Leg, Side
+from .outgoing_invite import outgoing_invite
 from .refer import ReferNotify, ReferRequest, ReferSubscription
-from .target_uri import request_uri
 
 if TYPE_CHECKING:
     from .call import Call
@@ -94,21 +92,14 @@ class Deflection:
         target = self.refer.target
         a_from = a_invite.from_
         mf = a_invite.max_forwards
-        headers = [
-            # The target sees the caller calling, on a dialog of our own.
-            ("From", str(NameAddr(a_from.uri, a_from.display, (("tag", self.target.local_tag),)))),
-            ("To", str(NameAddr(target))),
-            ("Call-ID", self.target.call_id),
-            ("CSeq", "1 INVITE"),
-            ("Max-Forwards", str((mf if mf is not None else 70) - 1)),
-            ("Contact", self.ctx.contact_for(self.hop)),
-            ("Allow", ALLOW),
-            ("Content-Type", "application/sdp"),
-            *self.ctx.policy.request_headers(a_invite),
-        ]
+        extra = self.ctx.policy.request_headers(a_invite)  # with the caller's Content-Type
         if self.refer.referred_by:
-            headers.append(("Referred-By", self.refer.referred_by))  # RFC 3892 §3
-        self.invite = Request("INVITE", parse_uri(request_uri(target, self.hop)), Headers(headers), body)
+            extra.append(("Referred-By", self.refer.referred_by))  # RFC 3892 §3
+        # The target sees the caller calling, on a dialog of our own.
+        self.invite = outgoing_invite(
+            target, self.hop, from_=str(NameAddr(a_from.uri, a_from.display, (("tag", self.target.local_tag),))),
+            to=str(NameAddr(target)), call_id=self.target.call_id, contact=self.ctx.contact_for(self.hop),
+            body=body, content_type=None, max_forwards=(mf if mf is not None else 70) - 1, extra=extra)
         self.target.invite_tx = self.invite_tx = self.ctx.send_request(self.target, self.invite, self.hop)
 
     # -- the target's answer -----------------------------------------------------------------------

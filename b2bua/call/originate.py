@@ -34,12 +34,11 @@ from ..media.leg_sdp import is_sdp
 from ..sip.address import Address
 from ..sip.dialog import Dialog, DialogState
 from ..sip.headers import NameAddr
-from ..sip.message import Headers, Request, Response
-from ..sip.uri import Uri, parse_uri
+from ..sip.message import Response
+from ..sip.uri import Uri
 from .call import Call, CallContext, CallState
-from .capabilities import ALLOW
 from .leg import Leg, Side
-from .target_uri import request_uri
+from .outgoing_invite import outgoing_invite
 
 _SETUP = (CallState.CALLING, CallState.EARLY)
 
@@ -50,17 +49,9 @@ class OriginatedCall(Call):
         self.party_a = NameAddr(a_uri)
         self.party_b = NameAddr(b_uri)
         call_id, tag = ctx.new_call_id(), ctx.new_tag()
-        headers = [
-            # Party a sees whom it is about to be connected to (or the caller id asked for).
-            ("From", f"{NameAddr(caller_id or b_uri)};tag={tag}"),
-            ("To", str(self.party_a)),
-            ("Call-ID", call_id),
-            ("CSeq", "1 INVITE"),
-            ("Max-Forwards", "70"),
-            ("Contact", ctx.contact_for(a_hop)),
-            ("Allow", ALLOW),
-        ]
-        x_invite = Request("INVITE", parse_uri(request_uri(a_uri, a_hop)), Headers(headers), b"")
+        # Party a sees whom it is about to be connected to (or the caller id asked for).
+        x_invite = outgoing_invite(a_uri, a_hop, from_=f"{NameAddr(caller_id or b_uri)};tag={tag}",
+                                   to=str(self.party_a), call_id=call_id, contact=ctx.contact_for(a_hop))
         super().__init__(ctx, x_invite, None, a_hop, b_hop)
         # Both legs are ours as UAC: the A leg is not a caller's dialog but the one a's 200 makes.
         self.a = Leg(self, Side.A, call_id, tag, a_hop)
@@ -172,17 +163,9 @@ class OriginatedCall(Call):
         if self._aborted or self.state not in _SETUP:
             return
         ctx, hop = self.ctx, self.b.peer
-        headers = [
-            ("From", f"{self.party_a};tag={self.b.local_tag}"),  # b sees a calling
-            ("To", str(self.party_b)),
-            ("Call-ID", self.b.call_id),
-            ("CSeq", "1 INVITE"),
-            ("Max-Forwards", "70"),
-            ("Contact", ctx.contact_for(hop)),
-            ("Allow", ALLOW),
-            ("Content-Type", "application/sdp"),
-        ]
-        self.b_invite = Request("INVITE", parse_uri(request_uri(self.party_b.uri, hop)), Headers(headers), body)
+        self.b_invite = outgoing_invite(  # b sees a calling
+            self.party_b.uri, hop, from_=f"{self.party_a};tag={self.b.local_tag}", to=str(self.party_b),
+            call_id=self.b.call_id, contact=ctx.contact_for(hop), body=body)
         self.b.invite_tx = self.b_invite_tx = ctx.send_request(self.b, self.b_invite, hop)
         # b rings only as long as a keeps retransmitting its unACKed 200 (see the module docstring).
         left = self.answer_window - (self.ctx.now() - (self._x_answered_at or self.ctx.now()))

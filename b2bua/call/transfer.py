@@ -48,13 +48,11 @@ from rtp_relay.sdp import SdpError, SessionDescription
 from ..sip.address import Address
 from ..sip.dialog import Dialog, DialogState
 from ..sip.headers import NameAddr
-from ..sip.message import Headers, Request, Response, build_response
-from ..sip.uri import parse_uri
-from .capabilities import ALLOW
+from ..sip.message import Request, Response, build_response
 from .consultation import Consultation
 from .leg import Leg, Side
+from .outgoing_invite import outgoing_invite
 from .refer import ReferRequest
-from .target_uri import request_uri
 from .transfer_sink import NotifySink, TransferSink, TransferTarget
 
 if TYPE_CHECKING:
@@ -190,25 +188,18 @@ class Transfer:
         ctx, hop = self.ctx, self.hop
         assert hop is not None
         target = self.refer.target
-        ruri = request_uri(target, hop)
         assert self.transferee.dialog is not None
-        headers = [
-            # The target sees the transferee calling (RFC 5589 §6), on a dialog of our own.
-            ("From", f"{self.transferee.dialog.remote_party};tag={self.target.local_tag}"),
-            ("To", str(NameAddr(target))),
-            ("Call-ID", self.target.call_id),
-            ("CSeq", "1 INVITE"),
-            ("Max-Forwards", "70"),
-            ("Contact", ctx.contact_for(hop)),
-            ("Allow", ALLOW),
-            ("Content-Type", "application/sdp"),
-        ]
+        headers: list[tuple[str, str]] = []
         if self.refer.referred_by:
             headers.append(("Referred-By", self.refer.referred_by))  # RFC 3892 §3
         if self.refer.replaces is not None:
             # Not a dialog of ours (policy `any`): the target replaces its dialog with the transferor.
             headers += [("Replaces", str(self.refer.replaces)), ("Require", "replaces")]
-        self.invite = Request("INVITE", parse_uri(ruri), Headers(headers), body)
+        # The target sees the transferee calling (RFC 5589 §6), on a dialog of our own.
+        self.invite = outgoing_invite(
+            target, hop, from_=f"{self.transferee.dialog.remote_party};tag={self.target.local_tag}",
+            to=str(NameAddr(target)), call_id=self.target.call_id, contact=ctx.contact_for(hop), body=body,
+            extra=headers)
         self.target.invite_tx = self.invite_tx = ctx.send_request(self.target, self.invite, hop)
 
     def _take_over_ringing_target(self, c: Consultation) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from b2bua.sip.message import Request, Response
 from b2bua.sip.parser import parse_message
 
+from .test_call_flows import cancel_for
 from .test_call_media import CALLER_SDP, media_port, relay_ports
 from .test_transfer import TARGET, TARGET_SDP, sipfrags, wire
 from .wire import CALLER, PBX, Wire, in_dialog, invite, response_to
@@ -18,15 +19,15 @@ def _parse(text: str) -> Response:
     return parse_message((text.replace("\n", "\r\n") + "\r\nContent-Length: 0\r\n\r\n").encode())
 
 
-def ringing(w: Wire, *, offer: bool = True) -> tuple[Request, Response]:
-    """A call from the caller ringing at bob: (the B leg's INVITE, bob's 180)."""
+def ringing(w: Wire, *, offer: bool = True) -> tuple[str, Request, Response]:
+    """A call from the caller ringing at bob: (the caller's INVITE as sent, the B leg's INVITE, bob's 180)."""
     text, _ = invite()
     w.inject(text, CALLER, body=CALLER_SDP if offer else "")
     [b_inv] = w.requests(PBX, "INVITE")
     b180 = response_to(b_inv, 180, "Ringing")
     w.inject(b180, PBX)
     assert w.responses(CALLER, 180)
-    return b_inv, _parse(b180)
+    return text, b_inv, _parse(b180)
 
 
 def bob_deflects(w: Wire, b180: Response, target: str = "<sip:carol@example.com>", cseq: int = 2,
@@ -44,7 +45,7 @@ def target_answers(w: Wire, t_inv: Request) -> None:
 
 def test_the_target_answers_and_takes_the_phones_place():
     w = wire()
-    b_inv, b180 = ringing(w)
+    _, b_inv, b180 = ringing(w)
     bob_deflects(w, b180)
     [accepted] = w.responses(PBX, 202)
     assert accepted.cseq.method == "REFER"
@@ -52,6 +53,8 @@ def test_the_target_answers_and_takes_the_phones_place():
     assert t_inv.headers.get("Referred-By") == "<sip:bob@127.0.0.1>"
     assert "alice" in (t_inv.headers.get("From") or "")  # the target sees the caller calling
     assert media_port(t_inv.body)[1] in relay_ports(w)  # the caller's offer, anchored on the relay
+    assert t_inv.headers.get_all("Content-Type") == ["application/sdp"]  # the caller's, once
+    assert t_inv.headers.get("X-Account") == "42"  # end-to-end headers cross as to any callee
     assert not w.requests(PBX, "CANCEL")  # bob rings on while carol is called
     w.inject(response_to(t_inv, 180, "Ringing", to_tag="ctag"), TARGET)
     target_answers(w, t_inv)
@@ -75,7 +78,7 @@ def test_the_target_answers_and_takes_the_phones_place():
 
 def test_a_busy_target_leaves_the_phone_ringing_and_it_can_still_answer():
     w = wire()
-    b_inv, b180 = ringing(w)
+    _, b_inv, b180 = ringing(w)
     bob_deflects(w, b180)
     [t_inv] = w.requests(TARGET, "INVITE")
     w.inject(response_to(t_inv, 486, "Busy Here", to_tag="ctag"), TARGET)
@@ -88,7 +91,7 @@ def test_a_busy_target_leaves_the_phone_ringing_and_it_can_still_answer():
 
 def test_the_phone_declining_after_its_refer_waits_for_the_target():
     w = wire()
-    b_inv, b180 = ringing(w)
+    _, b_inv, b180 = ringing(w)
     bob_deflects(w, b180)
     [t_inv] = w.requests(TARGET, "INVITE")
     w.inject(response_to(b_inv, 603, "Decline"), PBX)
@@ -102,7 +105,7 @@ def test_the_phone_declining_after_its_refer_waits_for_the_target():
 
 def test_the_phone_and_the_target_both_declining_gives_the_caller_the_targets_status():
     w = wire()
-    b_inv, b180 = ringing(w)
+    _, b_inv, b180 = ringing(w)
     bob_deflects(w, b180)
     [t_inv] = w.requests(TARGET, "INVITE")
     w.inject(response_to(b_inv, 603, "Decline"), PBX)
@@ -113,18 +116,11 @@ def test_the_phone_and_the_target_both_declining_gives_the_caller_the_targets_st
 
 def test_the_caller_giving_up_cancels_the_target_too_and_a_crossing_200_is_ended():
     w = wire()
-    b_inv, b180 = ringing(w)
+    a_inv, b_inv, b180 = ringing(w)
     bob_deflects(w, b180)
     [t_inv] = w.requests(TARGET, "INVITE")
     w.inject(response_to(t_inv, 180, "Ringing", to_tag="ctag"), TARGET)  # CANCEL waits for a 1xx
-    text = w.responses(CALLER, 180)[0]
-    w.inject(f"""CANCEL {b_inv.uri} SIP/2.0
-Via: {text.headers.get('Via')}
-From: {text.headers.get('From')}
-To: {(text.headers.get('To') or '').split(';tag=')[0]}
-Call-ID: {text.call_id}
-CSeq: 1 CANCEL
-Max-Forwards: 70""", CALLER)
+    w.inject(cancel_for(a_inv), CALLER)
     assert w.responses(CALLER, 487)
     assert w.requests(PBX, "CANCEL") and w.requests(TARGET, "CANCEL")
     assert sipfrags(w)[-1] == ("SIP/2.0 487 Request Terminated", "terminated;reason=noresource")
@@ -140,7 +136,7 @@ Max-Forwards: 70""", CALLER)
 
 def test_the_phone_answering_after_all_cancels_the_target():
     w = wire()
-    b_inv, b180 = ringing(w)
+    _, b_inv, b180 = ringing(w)
     bob_deflects(w, b180)
     [t_inv] = w.requests(TARGET, "INVITE")
     w.inject(response_to(t_inv, 180, "Ringing", to_tag="ctag"), TARGET)
@@ -154,29 +150,29 @@ def test_the_phone_answering_after_all_cancels_the_target():
 
 def test_refusals():
     w = wire(transfers={"reject_early_dialog_refer": True})
-    _, b180 = ringing(w)
+    _, _, b180 = ringing(w)
     bob_deflects(w, b180)
     [refused] = w.responses(PBX, 403)
     assert "before the call is answered" in (refused.reason or "")
     assert not w.requests(TARGET, "INVITE")
 
     w = wire()
-    _, b180 = ringing(w)
+    _, _, b180 = ringing(w)
     bob_deflects(w, b180, target="<sip:carol@example.com?Replaces=abc%3Bto-tag%3Dx%3Bfrom-tag%3Dy>")
     assert w.responses(PBX, 403) and not w.requests(TARGET, "INVITE")
 
     w = wire(transfers={"deny": [{"user": "carol"}]})
-    _, b180 = ringing(w)
+    _, _, b180 = ringing(w)
     bob_deflects(w, b180)
     assert w.responses(PBX, 403) and not w.requests(TARGET, "INVITE")
 
     w = wire()
-    _, b180 = ringing(w, offer=False)
+    _, _, b180 = ringing(w, offer=False)
     bob_deflects(w, b180)
     assert w.responses(PBX, 501) and not w.requests(TARGET, "INVITE")
 
     w = wire()
-    _, b180 = ringing(w)
+    _, _, b180 = ringing(w)
     bob_deflects(w, b180)
     bob_deflects(w, b180, cseq=3)
     assert w.responses(PBX, 491)
