@@ -13,13 +13,14 @@ wait up to `shutdown.drain_timeout_s` for active calls, hang up the rest, and ex
 from __future__ import annotations
 
 import asyncio
-import gc
 import signal
 from typing import Any
 
 from aiohttp import web
 
+from . import collector
 from .api import mount_api
+from .collector import CollectOld
 from .config import Settings, parse_hostport
 from .core import Core
 from .http import make_http_app
@@ -30,17 +31,6 @@ from .sip.address import Address
 from .sip.scheduler import Scheduler
 from .transport.tcp import TcpTransport
 from .transport.udp import UdpTransport
-
-# The cyclic garbage collector, tuned for a daemon whose live heap is calls and transactions.
-# Every collection of the oldest generation walks every tracked object; with calls held and
-# completed transactions kept 32 s (RFC 3261 Timers J, L, M), that is hundreds of thousands of
-# objects and pauses of 100 ms to 1 s at a few hundred calls/s, long enough for SIPp (T1 = 500 ms)
-# to retransmit. Measured at 150/250 calls/s (1 s calls, relay off): default thresholds (700, 10,
-# 10) gave setup p99 120 ms / 837 ms and 22 failed calls at 250; these gave 17 ms / 24 ms and none.
-# A bigger young generation lets short-lived garbage (a call's cycles, parsed messages) die
-# young instead of being promoted, and `freeze()` moves everything loaded at start (modules,
-# pydantic models: ~50,000 objects) out of the collector's sight for good.
-GC_THRESHOLDS = (50_000, 20, 10)
 
 
 class Daemon:
@@ -141,9 +131,9 @@ class Daemon:
             if "tcp" in s.sip.transports:
                 await self._tcp.listen(host, port)
         runner = await self._start_http()
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
+        collector.configure()
+        old_generation = CollectOld(loop, self.log)
+        old_generation.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         self.log.info("started", listen=s.sip.listen, transports=s.sip.transports,
@@ -151,6 +141,7 @@ class Daemon:
                       media_relays=s.media.relays if s.media.enabled else "off")
         await self._stopping.wait()
         await self._drain()
+        old_generation.stop()
         await runner.cleanup()
         self._on_core(self.core.stop)
         for udp in (*self._udp.values(), *self._ng.values()):

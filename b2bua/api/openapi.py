@@ -84,7 +84,7 @@ _ORIGINATE = {
                    "through the relay into the INVITE to b; b's answer reaches a in the ACK (RFC 3725 flow I). "
                    "b rings at most 64·T1 - 2 s (a's 200 waits for its ACK meanwhile). Answered at once; "
                    "progress on the event stream: originate_started, party_ringing, party_answered, "
-                   "call_answered, or originate_failed {side, status, reason} and call_ended {result}.",
+                   "call_answered, or originate_failed {side, status, reason} and call_ended {result, ...}.",
     "requestBody": _body("OriginateBody"),
     "responses": {
         "201": _ok("CallView", "the call, being placed (Location: its URL)"),

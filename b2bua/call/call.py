@@ -493,6 +493,11 @@ class Call:
         self.ctx.transfer_ended(self, relayed.kind, result, self.ctx.now() - relayed.started_at)
 
     def on_ack(self, leg: Leg, ack: Request) -> None:
+        # An ACK ends an INVITE exchange: the INVITEs the call keeps for its whole life need not
+        # keep their parsed views (memory per call, and objects for the cycle collector to walk).
+        self.a_invite.shed()
+        if self.b_invite is not None:
+            self.b_invite.shed()
         waiting = self._ack_wait.pop(leg, None)
         if waiting is None:
             return
@@ -680,6 +685,17 @@ class Call:
             self._media_timer = None
         self.media.delete()
         self.ctx.call_ended(self, self.result or "failed")
+        # Next turn, when whatever ended the call has returned: let go of the helpers (a transfer,
+        # its REFER subscription, a deflection...). Each points back at the call, and these cycles
+        # would wait for the cycle collector's ten-minute pass (collector.py).
+        self.ctx.call_later(0, self._release_helpers)
+
+    def _release_helpers(self) -> None:
+        self.transfer = self.deflection = self.replacement = None
+        self._own.clear()
+        self._relayed_refers.clear()
+        self.intercepts.clear()
+        self.on_hangup.clear()
 
     # -- transfers ---------------------------------------------------------------------------------
 
@@ -1104,6 +1120,7 @@ class Call:
         leg.ack = (ack, dest)
         leg.ack_for = (cseq, leg.dialog.remote_tag or "")
         self.ctx.send_ack(leg, ack, dest)
+        ack.shed()  # kept only to be sent again as it is
 
     def resend_ack(self, leg: Leg, resp: Response) -> None:
         if leg.ack is not None and leg.ack_for == (resp.cseq.seq, resp.to_tag or ""):

@@ -11,7 +11,7 @@ or for a peer that reached us over TCP with no route set, the connection it came
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from ..media.leg_sdp import LegSdp
@@ -27,23 +27,46 @@ class Side(enum.Enum):
     B = "b"  # toward the callee: we are UAC
 
 
-@dataclass(eq=False, slots=True)  # slots: a call keeps two or more legs for its whole life
 class Leg:
-    call: Call
-    side: Side
-    call_id: str
-    local_tag: str
-    peer: Address  # where the first request came from / went to
-    dialog: Dialog | None = None
-    early: dict[str, Dialog] = field(default_factory=dict)  # B leg forks, by remote tag
-    invite_tx: Any = None  # the initial INVITE's server (A) or client (B) transaction
-    # A re-INVITE we sent on this leg and have not finished (RFC 3261 §14.1: 491 on glare).
-    reinvite_pending: bool = False
-    ack: Any = None  # (Request, Address) of the last ACK we sent on this leg, re-sent on 2xx retransmits
-    ack_for: tuple[int, str] | None = None  # (CSeq, to-tag) the stored ACK answers
-    sdp: LegSdp = field(default_factory=LegSdp)  # our o= line and the last SDP each way
-    # A passthrough attended transfer told another peer to replace this leg: (its host, until when).
-    replaceable_from: tuple[str, float] | None = None
+    """One leg. Its `call` is held weakly: the call owns its legs, and a strong reference back
+    would make every call a reference cycle that only the cycle collector frees (after whole
+    seconds under load, in pauses that grow with the number of calls up). With the back
+    reference weak, an ended call is freed the moment its last transaction lets go of it."""
+
+    __slots__ = ("_call", "side", "call_id", "local_tag", "peer", "dialog", "early", "invite_tx",
+                 "reinvite_pending", "ack", "ack_for", "sdp", "replaceable_from", "__weakref__")
+
+    def __init__(self, call: Call, side: Side, call_id: str, local_tag: str, peer: Address) -> None:
+        self._call = weakref.ref(call)
+        self.side = side
+        self.call_id = call_id
+        self.local_tag = local_tag
+        self.peer = peer  # where the first request came from / went to
+        self.dialog: Dialog | None = None
+        self.early: dict[str, Dialog] = {}  # B leg forks, by remote tag
+        self.invite_tx: Any = None  # the initial INVITE's server (A) or client (B) transaction
+        # A re-INVITE we sent on this leg and have not finished (RFC 3261 §14.1: 491 on glare).
+        self.reinvite_pending = False
+        self.ack: Any = None  # (Request, Address) of the last ACK we sent on this leg, re-sent on 2xx retransmits
+        self.ack_for: tuple[int, str] | None = None  # (CSeq, to-tag) the stored ACK answers
+        self.sdp = LegSdp()  # our o= line and the last SDP each way
+        # A passthrough attended transfer told another peer to replace this leg: (its host, until when).
+        self.replaceable_from: tuple[str, float] | None = None
+
+    @property
+    def call(self) -> Call:
+        """The call this leg belongs to now (an attended transfer may move it to another)."""
+        call = self._call()
+        if call is None:
+            raise LookupError(f"leg {self.call_id};tag={self.local_tag}: its call has been freed")
+        return call
+
+    @call.setter
+    def call(self, call: Call) -> None:
+        self._call = weakref.ref(call)
+
+    def __repr__(self) -> str:
+        return f"Leg({self.side.value}, {self.call_id!r}, tag={self.local_tag!r})"
 
     @property
     def key(self) -> tuple[str, str]:

@@ -46,7 +46,7 @@ class SdpPath:
             self._push(None, lambda out, err: then(body))
             return
         try:
-            _validate(body)
+            parsed: SessionDescription | None = _validated(body)
             sender.sdp.incoming(body)
         except SdpError as exc:
             reason = f"bad SDP: {exc}"
@@ -64,8 +64,12 @@ class SdpPath:
             if error is not None or out is None:
                 fail(error or "relay gave no SDP", False)
                 return
+            nonlocal parsed
+            # With relaying off the body comes back as it went: parsed already (once only: the
+            # parse is changed by `outgoing`).
+            reuse, parsed = (parsed if out is body else None), None
             try:
-                stamped = receiver.sdp.outgoing(out)
+                stamped = receiver.sdp.outgoing(out, reuse)
             except SdpError as exc:
                 fail(f"relay returned bad SDP: {exc}", False)
                 return
@@ -116,9 +120,10 @@ class SdpPath:
         self._run()
 
 
-def _validate(body: bytes) -> None:
+def _validated(body: bytes) -> SessionDescription:
     sdp = SessionDescription.parse(body)
     if not any(line.type == "o" for line in sdp.session):
         raise SdpError("SDP has no o= line")
     if not sdp.media:
         raise SdpError("SDP has no m= line")
+    return sdp

@@ -15,6 +15,10 @@ import itertools
 from collections.abc import Callable
 
 
+def _cancelled() -> None:
+    """What a cancelled handle points to instead of its callback."""
+
+
 class TimerHandle:
     __slots__ = ("when", "callback", "cancelled")
 
@@ -24,7 +28,10 @@ class TimerHandle:
         self.cancelled = False
 
     def cancel(self) -> None:
+        # Let go of the callback at once: the heap keeps a cancelled entry until it surfaces,
+        # and the bound method would keep its transaction or call alive until then.
         self.cancelled = True
+        self.callback = _cancelled
 
 
 class Scheduler:
@@ -61,13 +68,14 @@ class Scheduler:
             _, _, handle = heapq.heappop(heap)
             if handle.cancelled:
                 continue
-            handle.cancelled = True  # a handle fires once; cancel() after firing is harmless
+            callback = handle.callback
+            handle.cancel()  # a handle fires once; cancel() after firing is harmless
             # The clock reads the timer's own deadline while it fires, so a timer armed from a
             # callback is measured from when the RFC says it starts, not from when we noticed.
             saved = self.now
             self.now = handle.when
             try:
-                handle.callback()
+                callback()
             finally:
                 self.now = saved
             fired += 1

@@ -135,8 +135,18 @@ class Transaction:
         """Wait in Completed/Confirmed for `delay` (Timer D, I, J, K); zero means terminate now."""
         if delay > 0:
             self._arm(handler, delay)
+            self._shed()
         else:
             self._terminate()
+
+    def _shed(self) -> None:
+        """Entering a state that only absorbs retransmissions (Completed, Confirmed, Accepted) for
+        up to 32 s: what is kept then is matched by key and resent as bytes, so the parsed views of
+        the request and response can go (`Message.shed`). Under load most transactions alive are
+        in these states, so this is most of what the cycle collector would otherwise walk."""
+        self.request.shed()
+        if self.last_response is not None:
+            self.last_response.shed()
 
     def _retransmit_interval(self) -> float:
         """Double the interval, capped at T2 (Timers E, G and the 2xx retransmission)."""
@@ -265,6 +275,7 @@ class InviteClientTransaction(ClientTransaction):
                 self._disarm(self.timer_a, self.timer_b, self.timer_cancel)
                 self._arm(self.timer_m, self.layer.config.m)
                 self._deliver(response)
+                self._shed()
             elif state is ACCEPTED:
                 self._deliver(response)
         elif state is CALLING or state is PROCEEDING:
@@ -427,6 +438,7 @@ class InviteServerTransaction(ServerTransaction):
                         self._interval = cfg.t1
                         self._arm(self.timer_2xx, cfg.t1)
                     self._arm(self.timer_l, cfg.l)
+                    self._shed()
             else:
                 self.state = COMPLETED
                 if self._send_response(response):

@@ -91,7 +91,8 @@ def test_the_stream_tells_a_call_from_start_to_end():
             assert {e["sip_call_id"] for e in events} == {a200.call_id}
             assert events[0]["fields"] == {"b_call_id": b_inv.call_id, "next_hop": "udp:127.0.0.1:5080"}
             assert events[2]["fields"] == {"side": "a"}
-            assert events[3]["fields"] == {"result": "answered"}
+            assert events[3]["fields"] == {"result": "answered", "b_call_id": b_inv.call_id,
+                                           "peer": "udp:127.0.0.1:5080", "seconds": 0.0}
             assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
             assert events[0]["time"].endswith("Z")
             assert stream.comments[0] == ": b2bua call events"
