@@ -31,6 +31,7 @@ from .sip.address import Address
 from .sip.scheduler import Scheduler
 from .transport.tcp import TcpTransport
 from .transport.udp import UdpTransport
+from .trim import TrimAfterLoad
 
 
 class Daemon:
@@ -134,6 +135,9 @@ class Daemon:
         collector.configure()
         old_generation = CollectOld(loop, self.log)
         old_generation.start()
+        core = self.core
+        trim = TrimAfterLoad(loop, self.log, lambda: core.load, core.compact)
+        trim.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         self.log.info("started", listen=s.sip.listen, transports=s.sip.transports,
@@ -142,6 +146,7 @@ class Daemon:
         await self._stopping.wait()
         await self._drain()
         old_generation.stop()
+        trim.stop()
         await runner.cleanup()
         self._on_core(self.core.stop)
         for udp in (*self._udp.values(), *self._ng.values()):

@@ -86,6 +86,7 @@ class Core:
         self._tx_owner: dict[Any, Leg] = {}  # transactions a call is waiting on -> its leg
         self._call_txs: dict[Call, list[Any]] = {}
         self._a_invites: dict[Any, Call] = {}  # caller's INVITE server tx -> call (CANCEL matching)
+        self.compactors: list[Callable[[], None]] = []  # other tables of calls to shrink (`compact`)
         # Called with (call, event, fields) for every call event the log gets (the API's event stream).
         self.listeners: list[Callable[[Call, str, dict[str, Any]], None]] = []
 
@@ -442,6 +443,24 @@ class Core:
     def hangup_all(self, reason: str) -> None:
         for call in list(self.calls):
             call.hangup(reason=reason)
+
+    def compact(self) -> None:
+        """Rebuild the tables at their present size (a dict keeps its peak size; trim.py)."""
+        self.calls = set(self.calls)
+        self._legs = dict(self._legs)
+        self._tx_owner = dict(self._tx_owner)
+        self._call_txs = dict(self._call_txs)
+        self._a_invites = dict(self._a_invites)
+        self.refer_limiter.compact()
+        self.scheduler.purge()
+        self.tl.compact()
+        for compact in self.compactors:
+            compact()
+
+    @property
+    def load(self) -> int:
+        """Calls plus transactions: what the daemon's memory follows."""
+        return len(self.calls) + len(self.tl)
 
     @property
     def active_calls(self) -> int:

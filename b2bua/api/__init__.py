@@ -59,8 +59,10 @@ def mount_api(app: web.Application, core: Any, settings: Settings, log: Any, sta
 
     # A hold may take two INVITE transactions (Timer B = 64·T1 each) around the 491 pause.
     timeout = 2 * 64 * settings.sip.t1_ms / 1000 + GLARE_RETRY_DELAY_S + 5
+    registry = CallRegistry(lambda: core.calls, wall)
+    core.compactors.append(registry.compact)
     ctx = ApiContext(
-        core=core, settings=api, registry=CallRegistry(lambda: core.calls, wall),
+        core=core, settings=api, registry=registry,
         hub=EventHub(api.sse_queue_events, api.sse_max_clients, wall),
         gate=CoreGate(on_bug, advance, rearm), on_bug=on_bug, operation_timeout=timeout)
     token = api.token.get_secret_value() if api.token is not None else None

@@ -47,6 +47,11 @@ class CallRegistry:
             self._by_id[new_id] = call
         return entry
 
+    def compact(self) -> None:
+        """Rebuild the tables at their present size (a dict keeps its peak size; b2bua/trim.py)."""
+        self._entries = dict(self._entries)
+        self._by_id = dict(self._by_id)
+
     def id_of(self, call: Call) -> str:
         return self.entry(call).id
 

@@ -15,7 +15,6 @@ function call.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -30,10 +29,14 @@ Fail = Callable[[str, bool], None]  # (reason, the SDP itself was bad)
 
 
 class SdpPath:
+    __slots__ = ("media", "_queue", "_running", "_waiting", "_sync_reply")
+
     def __init__(self, media: Any) -> None:
         self.media = media
-        self._queue: deque[tuple[Callable[[Callable[[bytes | None, str | None], None]], None] | None,
-                                 Callable[[bytes | None, str | None], None]]] = deque()
+        # A list, not a deque: it rarely holds more than one step, and an empty deque is a 600-byte
+        # block that every call would keep for its whole life.
+        self._queue: list[tuple[Callable[[Callable[[bytes | None, str | None], None]], None] | None,
+                                Callable[[bytes | None, str | None], None]]] = []
         self._running = False
         self._waiting = False  # an op is being started: a reply now is synchronous
         self._sync_reply: tuple[bytes | None, str | None] | None = None
@@ -91,7 +94,7 @@ class SdpPath:
             while self._queue:
                 op, then = self._queue[0]
                 if op is None:
-                    self._queue.popleft()
+                    self._queue.pop(0)
                     then(None, None)
                     continue
                 self._waiting = True
@@ -100,7 +103,7 @@ class SdpPath:
                 self._waiting = False
                 if self._sync_reply is None:
                     return  # the relay answers later
-                self._queue.popleft()
+                self._queue.pop(0)
                 then(*self._sync_reply)
         finally:
             self._running = False
@@ -111,7 +114,7 @@ class SdpPath:
             return
         if not self._queue:
             return
-        _, then = self._queue.popleft()
+        _, then = self._queue.pop(0)
         self._running = True
         try:
             then(out, error)

@@ -237,6 +237,10 @@ class ReferRateLimiter:
     def from_settings(cls, settings: TransferSettings, *, max_keys: int = 65_536) -> ReferRateLimiter:
         return cls(settings.max_refers_per_dialog, settings.refer_window_s, max_keys=max_keys)
 
+    def compact(self) -> None:
+        """Rebuild the table at its present size (a dict keeps its peak size; b2bua/trim.py)."""
+        self._log = OrderedDict(self._log)
+
     def allow(self, dialog_key: Hashable, now: float) -> bool:
         times = self._log.get(dialog_key)
         if times is None:

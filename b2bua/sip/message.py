@@ -11,8 +11,7 @@ writes a Content-Length that matches the body, so framing over TCP can never be 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Self

@@ -566,6 +566,12 @@ class TransactionLayer:
     def __len__(self) -> int:
         return len(self._clients) + len(self._servers)
 
+    def compact(self) -> None:
+        """Rebuild the tables at their present size (a dict keeps its peak size; b2bua/trim.py)."""
+        self._clients = dict(self._clients)
+        self._servers = dict(self._servers)
+        self._accepted = dict(self._accepted)
+
     # -- input ---------------------------------------------------------------------------------
 
     def receive(self, msg: Request | Response, source: Address) -> None:
