@@ -53,7 +53,9 @@ def markdown(r: dict) -> str:
             out = []
             for t in s["turns"]:
                 if what == "best":
-                    if not t["error"]:
+                    # A turn that spent its steps on the way down without one clean rung has no
+                    # figure (not 0: that would halve the median of two turns).
+                    if not t["error"] and t["best_clean"]:
                         out.append(t["best_clean"])
                 elif t["fixed_50"] and t["fixed_50"]["successful"] >= 0.99 * t["fixed_50"]["calls"]:
                     out.append(t["fixed_50"][{"cpu": "cpu_ms_per_call", "p50": "setup_p50_ms",
@@ -68,7 +70,9 @@ def markdown(r: dict) -> str:
         ours_cpu = med("ours", "cpu")
         for key, s in sig.items():
             bound = any(t["generator_bound"] for t in s["turns"])
-            best = spread(vals(key, "best"), 0) + (" (SIPp-bound)" if bound else "")
+            lost = sum(1 for t in s["turns"] if not t["error"] and not t["best_clean"])
+            best = (spread(vals(key, "best"), 0) + (" (SIPp-bound)" if bound else "")
+                    + (f" ({lost} turn(s) without a clean rung, left out)" if lost else ""))
             peer = not key.startswith("ours")
             add(f"| {s['name']} | {best} | {ratio(ours, med(key, 'best')) if peer else ''} | "
                 f"{ratio(ours_relay, med(key, 'best')) if peer else ''} | {spread(vals(key, 'cpu'), 2)} | "
@@ -80,7 +84,7 @@ def markdown(r: dict) -> str:
             "per call (counted when ≥ 99 % of the step's calls succeeded). INVITE→200: caller-side wall clock, "
             "µs resolution. \"SIPp-bound\": at the failing step "
             "SIPp used most of a core, so the load generator may be the limit. Our daemon logs one JSON line "
-            "per call event (info, its default); the peers log nothing per call.")
+            "per call (`call_ended`, at info, its default); the peers log nothing per call.")
         add("")
         best_sippy = max([med(k, "best") for k in ("sippy_simple", "sippy_b2bua") if k in sig] or [float("nan")])
         if _ok(best_sippy):

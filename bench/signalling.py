@@ -65,8 +65,9 @@ class SutResult:
     def values(self, what: str) -> list[float]:
         out = []
         for t in self.turns:
-            if what == "best" and not t.error:
-                out.append(t.best)
+            if what == "best":
+                if not t.error and t.best:  # no clean rung within the turn's steps: no figure (report.py)
+                    out.append(t.best)
             elif t.fixed is not None and t.fixed.successful >= FIXED_MIN_OK * t.fixed.calls:
                 out.append({"cpu": t.fixed.cpu_ms_per_call, "p50": t.fixed.p50, "p99": t.fixed.p99}[what])
         return out
