@@ -1129,7 +1129,7 @@ class Call:
         leg.ack = (ack, dest)
         leg.ack_for = (cseq, leg.dialog.remote_tag or "")
         self.ctx.send_ack(leg, ack, dest)
-        ack.shed()  # kept only to be sent again as it is
+        ack.shed()  # kept only to be sent again (`resend_ack`), which needs no parsed view
 
     def resend_ack(self, leg: Leg, resp: Response) -> None:
         if leg.ack is not None and leg.ack_for == (resp.cseq.seq, resp.to_tag or ""):

@@ -314,15 +314,11 @@ class _Message:
         return head.encode("utf-8", "surrogateescape") + self.body
 
 
-# The cached structured views that do not depend on Via (with_top_via carries them over).
-_PARSED_VIEWS = tuple(
-    name for name, value in vars(_Message).items() if isinstance(value, _parsed_view) and name != "vias"
-)
-
-
-_SHED_VIEWS = tuple(
-    name for name, value in vars(_Message).items() if isinstance(value, _parsed_view) and name != "call_id"
-)
+# Every cached structured view. `with_top_via` carries over those that do not depend on Via;
+# `shed` forgets all but the Call-ID (a plain string, and the key most lookups use).
+_VIEWS = tuple(name for name, value in vars(_Message).items() if isinstance(value, _parsed_view))
+_PARSED_VIEWS = tuple(name for name in _VIEWS if name != "vias")
+_SHED_VIEWS = tuple(name for name in _VIEWS if name != "call_id")
 
 
 def _required_name_addr(headers: Headers, name: str) -> NameAddr:

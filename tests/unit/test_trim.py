@@ -7,7 +7,7 @@ from typing import Any
 from b2bua.trim import MIN_PEAK, TrimAfterLoad, rss_kib
 
 from .test_call_flows import establish
-from .wire import Wire
+from .wire import PBX, Wire, in_dialog, response_to
 
 
 class _Loop:
@@ -53,13 +53,20 @@ def test_steady_load_never_trims() -> None:
     assert compacted == []
 
 
-def test_compacting_the_core_keeps_every_call_and_transaction() -> None:
+def test_a_call_goes_on_and_ends_cleanly_across_a_compaction() -> None:
     w = Wire()
-    establish(w)
+    a200, _, _ = establish(w)
     before = (set(w.core.calls), dict(w.core._legs), dict(w.core._tx_owner), len(w.core.tl))
     w.core.compact()
     assert (set(w.core.calls), dict(w.core._legs), dict(w.core._tx_owner), len(w.core.tl)) == before
-    assert w.core.load == 1 + len(w.core.tl)
+    # The rebuilt tables are the ones in use: the caller's BYE finds its leg, the callee's 200
+    # its transaction, and the call ends with every table empty.
+    w.inject(in_dialog("BYE", a200, cseq=2, branch="z9hG4bKbyeC", from_side_is_to=False))
+    [b_bye] = w.requests(PBX, "BYE")
+    w.inject(response_to(b_bye, 200, "OK"), PBX)
+    assert w.core.stats.calls["answered"] == 1 and w.core.load == len(w.core.tl)
+    w.advance(40)
+    assert w.core.load == 0 and not w.core._legs and not w.core._tx_owner
     assert rss_kib() > 0
 
 
