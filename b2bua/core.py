@@ -273,6 +273,22 @@ class Core:
     def on_timeout(self, tx: Any) -> None:
         self._transaction_failed(tx, transport_error=False)
 
+    def on_ended(self, tx: Any) -> None:
+        """A transaction is over: nothing more will come of it, so it leaves our tables, and its
+        call may let go of what it kept for it (a call lasts far longer than its transactions)."""
+        self._a_invites.pop(tx, None)
+        leg = self._tx_owner.pop(tx, None)
+        if leg is None:
+            return
+        try:
+            call = leg.call
+        except LookupError:
+            return
+        txs = self._call_txs.get(call)
+        if txs is not None and tx in txs:
+            txs.remove(tx)
+        call.transaction_ended(tx)
+
     def undeliverable(self, wires: list[bytes], dest: Address) -> None:
         """The transport dropped these messages to `dest` (a refused TCP connection)."""
         self.tl.undeliverable(wires, dest)
@@ -355,9 +371,13 @@ class Core:
         self._own(leg, tx)
         return tx
 
-    def send_ack(self, leg: Leg, ack: Request, dest: Address) -> None:
+    def send_ack(self, leg: Leg, ack: Request, dest: Address) -> tuple[bytes, Address]:
         self.stats.requests_out["ACK"] += 1
-        self.tl.send_ack(ack, dest)
+        return self.tl.send_ack(ack, dest)
+
+    def resend_ack(self, sent: tuple[bytes, Address]) -> None:
+        self.stats.requests_out["ACK"] += 1
+        self.tl.resend(*sent)
 
     def cancel(self, tx: Any) -> None:
         leg = self._tx_owner.get(tx)

@@ -29,7 +29,7 @@ from .capabilities import ALLOW
 from .consultation import Consultation, find_consultation
 from .deflection import Deflection
 from .header_policy import HeaderPolicy
-from .leg import Leg, Side
+from .leg import ENDED, Leg, Side
 from .outgoing_invite import outgoing_invite
 from .pickup import Pickup
 from .recall import recall_transferor
@@ -72,7 +72,8 @@ class CallContext(Protocol):
     def refer_allowed(self, leg: Leg) -> bool: ...
     def contact_for(self, dest: Address, user: str | None = "b2bua") -> str: ...
     def send_request(self, leg: Leg, request: Request, dest: Address) -> Any: ...
-    def send_ack(self, leg: Leg, ack: Request, dest: Address) -> None: ...
+    def send_ack(self, leg: Leg, ack: Request, dest: Address) -> tuple[bytes, Address]: ...
+    def resend_ack(self, sent: tuple[bytes, Address]) -> None: ...
     def cancel(self, tx: Any) -> None: ...
     def respond(self, tx: Any, response: Response) -> None: ...
     def call_later(self, delay: float, callback: Any) -> Any: ...
@@ -127,11 +128,11 @@ class Call:
         self.a_answered = False  # a final response was sent to the caller's INVITE
         self.b_final = False  # the B leg's INVITE got its final response (or timed out)
         self._relays: dict[Any, Any] = {}  # client tx on one leg -> server tx on the other (None: done)
-        self._byes: set[Any] = set()
+        self._byes: dict[Any, None] = {}  # our BYEs not yet answered (a dict: an empty set is 216 B)
         self._ack_wait: dict[Leg, tuple[Leg, int]] = {}  # leg whose ACK we await -> (leg to ACK, cseq)
         self._no_answer_timer: Any = None
-        # (Call-ID, to-tag) of a fork we released -> the ACK we sent it
-        self._released_forks: dict[tuple[str, str], tuple[Request, Address]] = {}
+        # (Call-ID, to-tag) of a fork we released -> the ACK we sent it (bytes, where)
+        self._released_forks: dict[tuple[str, str], tuple[bytes, Address]] = {}
         self.media = ctx.new_media(self, self.b.call_id)
         self.sdp = SdpPath(self.media)
         self._media_timer: Any = None
@@ -194,8 +195,8 @@ class Call:
             to=str(NameAddr(a_to.uri, a_to.display)), call_id=self.b.call_id, contact=ctx.contact_for(hop),
             body=body, content_type=None,  # the caller's Content-Type crosses with its body (header policy)
             max_forwards=(mf if mf is not None else 70) - 1, extra=ctx.policy.request_headers(invite))
-        self.b_invite = b_invite
         self.b.invite_tx = self.b_invite_tx = ctx.send_request(self.b, b_invite, hop)
+        self.b_invite = self.b_invite_tx.request  # the INVITE as sent (our Via on top): one copy, not two
         ctx.log_event(self, "call_started", b_call_id=self.b.call_id, next_hop=str(hop))
 
     def _no_answer(self) -> None:
@@ -301,12 +302,11 @@ class Call:
         tag = resp.to_tag or ""
         released = self._released_forks.get((invite.call_id, tag))
         if released is not None:
-            self.ctx.send_ack(leg, *released)  # its 2xx again: our ACK was lost; BYE is under way
+            self.ctx.resend_ack(released)  # its 2xx again: our ACK was lost; BYE is under way
             return
         ack, bye, dest = release_requests(invite, resp, leg.peer)
-        self._released_forks[(invite.call_id, tag)] = (ack, dest)
-        self.ctx.send_ack(leg, ack, dest)
-        self._byes.add(self.ctx.send_request(leg, bye, dest))
+        self._released_forks[(invite.call_id, tag)] = self.ctx.send_ack(leg, ack, dest)
+        self._byes[self.ctx.send_request(leg, bye, dest)] = None
 
     def _on_b_failure(self, resp: Response) -> None:
         self.b_final = True
@@ -501,6 +501,30 @@ class Call:
         result = "completed" if frag[0] < 300 else "failed"
         self.ctx.transfer_ended(self, relayed.kind, result, self.ctx.now() - relayed.started_at)
 
+    def transaction_ended(self, tx: Any) -> None:
+        """One of this call's transactions is over (the core says so after any timeout report).
+        A call lasts minutes and its transactions seconds, so what the call kept for one goes now:
+        a relayed request's entry once it was answered (it was kept for 2xx retransmissions, which
+        now come as strays), and an INVITE transaction, replaced by `ENDED`. Once both INVITEs
+        are over and the call is up, the INVITEs themselves shrink to their skeleton (From, To,
+        Call-ID, CSeq): about two kilobytes less per call held (bench/heap.py)."""
+        if tx in self._relays and self._relays[tx] is None:
+            del self._relays[tx]
+        for leg in (self.a, self.b, self.first_b):
+            if leg.invite_tx is tx:
+                leg.invite_tx = ENDED
+        if tx is self.a_invite_tx:
+            self.a_invite_tx = ENDED
+        elif tx is self.b_invite_tx:
+            self.b_invite_tx = ENDED
+        else:
+            return
+        a_over = self.a_invite_tx is None or self.a_invite_tx is ENDED  # None: a call we placed
+        if a_over and self.b_invite_tx is ENDED and self.state is CallState.CONFIRMED:
+            self.a_invite = self.a_invite.skeleton()
+            if self.b_invite is not None:
+                self.b_invite = self.b_invite.skeleton()
+
     def on_ack(self, leg: Leg, ack: Request) -> None:
         # An ACK ends an INVITE exchange: the INVITEs the call keeps for its whole life need not
         # keep their parsed views (memory per call, and objects for the cycle collector to walk).
@@ -537,7 +561,7 @@ class Call:
             return
         if tx in self._byes:
             if resp.status >= 200:
-                self._byes.discard(tx)
+                del self._byes[tx]
                 self._maybe_finish()
             return
         if tx not in self._relays:
@@ -614,7 +638,7 @@ class Call:
             handler(tx, None)
             return
         if tx in self._byes:
-            self._byes.discard(tx)
+            del self._byes[tx]
             self._maybe_finish()
             return
         relay = self._relays.pop(tx, None)
@@ -668,7 +692,7 @@ class Call:
         headers = [("Reason", f'SIP;cause=200;text="{reason}"')] if reason else []
         bye = leg.dialog.create_request("BYE", headers)
         leg.dialog.state = DialogState.TERMINATED
-        self._byes.add(self.ctx.send_request(leg, bye, leg.destination()))
+        self._byes[self.ctx.send_request(leg, bye, leg.destination())] = None
 
     def _maybe_finish(self, force: bool = False) -> None:
         if self.state is CallState.ENDED:
@@ -1125,15 +1149,13 @@ class Call:
         assert leg.dialog is not None
         headers = [("Content-Type", content_type)] if body and content_type else []
         ack = leg.dialog.create_request("ACK", headers, body, cseq=cseq)
-        dest = leg.destination()
-        leg.ack = (ack, dest)
+        leg.ack = self.ctx.send_ack(leg, ack, leg.destination())
         leg.ack_for = (cseq, leg.dialog.remote_tag or "")
-        self.ctx.send_ack(leg, ack, dest)
-        ack.shed()  # kept only to be sent again (`resend_ack`), which needs no parsed view
 
     def resend_ack(self, leg: Leg, resp: Response) -> None:
+        """RFC 3261 §13.2.2.4: a retransmitted 2xx gets the ACK we sent for it, byte for byte."""
         if leg.ack is not None and leg.ack_for == (resp.cseq.seq, resp.to_tag or ""):
-            self.ctx.send_ack(leg, *leg.ack)
+            self.ctx.resend_ack(leg.ack)
 
     def _cancel_no_answer(self) -> None:
         if self._no_answer_timer is not None:

@@ -22,6 +22,25 @@ if TYPE_CHECKING:
     from .call import Call
 
 
+class _Ended:
+    """Stands for an INVITE transaction that has ended and that the call has let go of (`ENDED`).
+
+    Not None, so "was this INVITE ever sent" still reads yes; the same as no live transaction, so
+    identity checks against a live one fail; answering through it does nothing, as answering
+    through a terminated transaction does."""
+
+    __slots__ = ()
+
+    def respond(self, response: object) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return "<ended transaction>"
+
+
+ENDED = _Ended()
+
+
 class Side(enum.Enum):
     A = "a"  # toward the caller: we are UAS
     B = "b"  # toward the callee: we are UAC
@@ -44,10 +63,12 @@ class Leg:
         self.peer = peer  # where the first request came from / went to
         self.dialog: Dialog | None = None
         self.early: dict[str, Dialog] = {}  # B leg forks, by remote tag
-        self.invite_tx: Any = None  # the initial INVITE's server (A) or client (B) transaction
+        self.invite_tx: Any = None  # the initial INVITE's server (A) or client (B) transaction; ENDED once over
         # A re-INVITE we sent on this leg and have not finished (RFC 3261 §14.1: 491 on glare).
         self.reinvite_pending = False
-        self.ack: Any = None  # (Request, Address) of the last ACK we sent on this leg, re-sent on 2xx retransmits
+        # The last ACK we sent on this leg (its bytes, where they went): sent again, as it is, when
+        # the 2xx it answered comes again. Bytes, not a Request: a call keeps it for its whole life.
+        self.ack: tuple[bytes, Address] | None = None
         self.ack_for: tuple[int, str] | None = None  # (CSeq, to-tag) the stored ACK answers
         self.sdp = LegSdp()  # our o= line and the last SDP each way
         # A passthrough attended transfer told another peer to replace this leg: (its host, until when).

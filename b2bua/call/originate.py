@@ -279,7 +279,7 @@ class OriginatedCall(Call):
         headers = [("Reason", f'SIP;cause={cause};text="{_quote(reason)}"')]
         bye = self.a.dialog.create_request("BYE", headers)
         self.a.dialog.state = DialogState.TERMINATED
-        self._byes.add(self.ctx.send_request(self.a, bye, self.a.destination()))
+        self._byes[self.ctx.send_request(self.a, bye, self.a.destination())] = None
 
     def _maybe_finish(self, force: bool = False) -> None:
         if not self._x_final:

@@ -319,6 +319,7 @@ class _Message:
 _VIEWS = tuple(name for name, value in vars(_Message).items() if isinstance(value, _parsed_view))
 _PARSED_VIEWS = tuple(name for name in _VIEWS if name != "vias")
 _SHED_VIEWS = tuple(name for name in _VIEWS if name != "call_id")
+_SKELETON_KEYS = frozenset(_key(name) for name in ("From", "To", "Call-ID", "CSeq"))
 
 
 def _required_name_addr(headers: Headers, name: str) -> NameAddr:
@@ -349,6 +350,15 @@ class Request(_Message):
         if v is None:
             return None
         return ascii_int(v.strip(), 10)
+
+    def skeleton(self) -> Request:
+        """This request cut down to its start line and the headers that name its dialog (From,
+        To, Call-ID, CSeq), with no body: what a call keeps of its INVITEs once their exchange is
+        over, for the call's whole life (a few hundred bytes of a kilobyte or two)."""
+        h = self.headers
+        kept = [i for i, key in enumerate(h._keys) if key in _SKELETON_KEYS]
+        return Request(self.method, self.uri, Headers._trusted(
+            [h._names[i] for i in kept], [h._values[i] for i in kept], [h._keys[i] for i in kept]))
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.uri}>"

@@ -89,6 +89,9 @@ class TransactionUser(Protocol):
     def on_stray_response(self, response: Response, source: Address) -> None: ...
     def on_timeout(self, tx: ClientTransaction | ServerTransaction) -> None: ...
     def on_transport_error(self, tx: ClientTransaction | ServerTransaction) -> None: ...
+    # The transaction is over and the layer has let go of it; told once per transaction, after
+    # any on_timeout or on_transport_error, so the TU can drop what it kept for it.
+    def on_ended(self, tx: ClientTransaction | ServerTransaction) -> None: ...
 
 
 # -- the machinery common to all four machines -----------------------------------------------------
@@ -153,7 +156,8 @@ class Transaction:
         self._interval = min(self._interval * 2, self.layer.config.t2)
         return self._interval
 
-    def _terminate(self) -> None:
+    def _terminate(self, *, tell_tu: bool = True) -> None:
+        """End here. `tell_tu=False`: the caller reports a failure first, then `_ended`."""
         if self.state is TERMINATED:
             return
         self.state = TERMINATED
@@ -162,6 +166,11 @@ class Transaction:
         self._timers.clear()
         self._release()
         self.layer._forget(self)
+        if tell_tu:
+            self._ended()
+
+    def _ended(self) -> None:
+        self.layer.tu.on_ended(self)  # type: ignore[arg-type]
 
     def _release(self) -> None:
         """Drop what only a live transaction uses: the TU may keep a terminated transaction (a call
@@ -171,9 +180,14 @@ class Transaction:
         self.last_response = None
 
     def _time_out(self) -> None:
-        self._terminate()
+        self._terminate(tell_tu=False)
         self.layer.timeouts += 1
         self.layer.tu.on_timeout(self)  # type: ignore[arg-type]
+        self._ended()
+
+    def _transport_failed(self) -> None:
+        self.layer.tu.on_transport_error(self)  # type: ignore[arg-type]
+        self._ended()
 
     def _send(self, data: bytes) -> bool:
         """Hand bytes to the transport; on OSError the transaction ends (RFC 3261 §17.1.4)."""
@@ -183,9 +197,9 @@ class Transaction:
             return True
         except OSError:
             if self.state is not TERMINATED:
-                self._terminate()
+                self._terminate(tell_tu=False)
                 layer.transport_errors += 1
-                layer.scheduler.call_later(0, lambda: layer.tu.on_transport_error(self))  # type: ignore[arg-type]
+                layer.scheduler.call_later(0, self._transport_failed)
             return False
 
 
@@ -282,9 +296,10 @@ class InviteClientTransaction(ClientTransaction):
             self.state = COMPLETED
             self._disarm(self.timer_a, self.timer_b, self.timer_cancel)
             self._ack_wire = self.layer._build_ack(self.request, response).serialize()
-            if self._send(self._ack_wire):
+            sent = self._send(self._ack_wire)
+            self._deliver(response)  # before Completed can end at once (TCP): the TU hears `on_ended` last
+            if sent:
                 self._linger(self.timer_d, 0 if self.dest.reliable else self.layer.config.d)
-            self._deliver(response)
         elif state is COMPLETED:
             self.layer.retransmissions += 1  # §17.1.1.2: a retransmitted final gets the ACK again
             self._send(self._ack_wire)
@@ -333,11 +348,12 @@ class NonInviteClientTransaction(ClientTransaction):
             return  # Completed absorbs retransmitted finals
         if response.status < 200:
             self.state = PROCEEDING
+            self._deliver(response)
         else:
             self.state = COMPLETED
             self._disarm(self.timer_e, self.timer_f)
+            self._deliver(response)  # before Completed can end at once (TCP): the TU hears `on_ended` last
             self._linger(self.timer_k, 0 if self.dest.reliable else self.layer.config.k)
-        self._deliver(response)
 
     def timer_e(self) -> None:
         """§17.1.2.2: T1 doubling up to T2 in Trying; every T2 in Proceeding."""
@@ -656,16 +672,21 @@ class TransactionLayer:
         cls = InviteClientTransaction if request.method == "INVITE" else NonInviteClientTransaction
         return self._start_client(cls, request, dest, wire)
 
-    def send_ack(self, ack: Request, dest: Address) -> Request:
+    def send_ack(self, ack: Request, dest: Address) -> tuple[bytes, Address]:
         """Send an ACK to a 2xx (no transaction; RFC 3261 §13.2.2.4): adds a Via with a new
-        branch and sends it once. Returns the ACK as sent. A transport error is counted only: the
-        dialog notices a lost ACK through the peer's 2xx retransmissions or its BYE."""
-        ack, dest, wire = self._add_via(ack, dest)
+        branch and sends it once. Returns the bytes sent and where they went: a retransmitted 2xx
+        is answered with this same ACK (`resend`), not a new one. A transport error is counted
+        only: the dialog notices a lost ACK through the peer's 2xx retransmissions or its BYE."""
+        _, dest, wire = self._add_via(ack, dest)
+        self.resend(wire, dest)
+        return wire, dest
+
+    def resend(self, wire: bytes, dest: Address) -> None:
+        """Send bytes already sent once (an ACK to a 2xx) again, outside any transaction."""
         try:
             self._transport_send(wire, dest)
         except OSError:
             self.transport_errors += 1
-        return ack
 
     def cancel(self, tx: ClientTransaction, headers: Iterable[tuple[str, str]] = ()
                ) -> ClientTransaction | None:
@@ -757,9 +778,9 @@ class TransactionLayer:
         failed = [tx for tx in self._clients.values()
                   if id(tx._wire) in sent and tx.dest == dest and tx.state is not TERMINATED]
         for tx in failed:
-            tx._terminate()
+            tx._terminate(tell_tu=False)
             self.transport_errors += 1
-            self.tu.on_transport_error(tx)
+            tx._transport_failed()
         return len(failed)
 
     def _forget(self, tx: Transaction) -> None:

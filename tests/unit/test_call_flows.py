@@ -173,7 +173,11 @@ def test_second_fork_answering_is_acked_and_released():
     # A retransmitted 2xx of either fork gets our ACK again, nothing else (no second BYE).
     w.inject(response_to(b_inv, 200, "OK", to_tag="fork1"), PBX, body=SDP)
     w.inject(response_to(b_inv, 200, "OK", to_tag="fork2"), PBX, body=SDP)
-    assert sorted(a.to_tag for a in w.requests(PBX, "ACK")) == ["fork1", "fork1", "fork2", "fork2"]
+    acks = w.requests(PBX, "ACK")
+    assert sorted(a.to_tag for a in acks) == ["fork1", "fork1", "fork2", "fork2"]
+    for tag in ("fork1", "fork2"):  # the same ACK, Via branch and all (RFC 3261 §13.2.2.4)
+        first, again = [a for a in acks if a.to_tag == tag]
+        assert first.serialize() == again.serialize()
     assert len(w.requests(PBX, "BYE")) == 1
     # After the call ends, a late fork's 2xx is still ACKed and released, and nothing is left behind.
     a200 = w.responses(CALLER, 200)[0]

@@ -38,6 +38,7 @@ class FakeTU:
         self.strays: list[Response] = []
         self.timeouts: list[object] = []
         self.errors: list[object] = []
+        self.ended: list[object] = []
         self.answer: int | None = None  # respond synchronously from on_request
 
     def on_request(self, tx, request, source):
@@ -56,6 +57,10 @@ class FakeTU:
 
     def on_transport_error(self, tx):
         self.errors.append(tx)
+
+    def on_ended(self, tx):
+        assert tx.state.name == "TERMINATED" and tx not in self.ended  # told once, once over
+        self.ended.append(tx)
 
 
 class Wire:
@@ -388,12 +393,14 @@ def test_send_ack_for_2xx(h: H) -> None:
     tx = h.layer.send_request(outgoing(), PEER)
     h.feed(h.reply(tx, 200))
     ack_in = outgoing("ACK", to_tag="callee")
-    sent = h.layer.send_ack(ack_in, PEER)
+    wire, dest = h.layer.send_ack(ack_in, PEER)
     wire_ack = h.wire.last()
-    assert wire_ack.method == "ACK" and wire_ack.branch == sent.branch != tx.branch
+    assert dest == PEER and h.wire.sent[-1][1] == wire
+    assert wire_ack.method == "ACK" and wire_ack.branch != tx.branch
     assert len(wire_ack.vias) == 1
-    again = h.layer.send_ack(ack_in, PEER)
-    assert again.branch != sent.branch
+    # RFC 3261 §13.2.2.4: a retransmitted 2xx gets the same ACK again (same Via branch), not a new one.
+    h.layer.resend(wire, dest)
+    assert h.wire.sent[-1][1] == wire
     h.at(60)
     assert [m.method for m in h.wire.msgs()] == ["INVITE", "ACK", "ACK"]  # no retransmission
     assert len(h.layer) == 0
@@ -976,3 +983,70 @@ def test_two_stacks_over_a_lossy_wire_leave_nothing_behind() -> None:
     assert len(uac) == 0 and len(uas) == 0 and len(sched) == 0
     assert uac_tu.timeouts == uas_tu.timeouts == []
     assert uac.retransmissions >= 2 and uas.retransmissions >= 1
+
+
+# -- on_ended: once per transaction, after everything else the TU hears about it ----------------------
+
+
+class _OrderTU(FakeTU):
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: list[str] = []
+
+    def on_response(self, tx, response):
+        super().on_response(tx, response)
+        self.order.append(f"response {response.status}")
+
+    def on_timeout(self, tx):
+        super().on_timeout(tx)
+        self.order.append("timeout")
+
+    def on_transport_error(self, tx):
+        super().on_transport_error(tx)
+        self.order.append("transport error")
+
+    def on_ended(self, tx):
+        super().on_ended(tx)
+        self.order.append("ended")
+
+
+@pytest.fixture
+def ho() -> H:
+    h = H()
+    h.tu = _OrderTU()
+    h.layer.tu = h.tu
+    return h
+
+
+def test_a_final_over_tcp_is_delivered_before_the_end(ho: H) -> None:
+    bye = ho.layer.send_request(outgoing("BYE"), PEER_TCP)
+    ho.feed(ho.reply(bye, 200), PEER_TCP)  # Timer K = 0: Completed ends at once
+    invite = ho.layer.send_request(outgoing(cseq=2), PEER_TCP)
+    ho.feed(ho.reply(invite, 486), PEER_TCP)  # Timer D = 0
+    assert ho.tu.order == ["response 200", "ended", "response 486", "ended"]
+    assert ho.tu.ended == [bye, invite]
+
+
+def test_a_timeout_is_reported_before_the_end(ho: H) -> None:
+    tx = ho.layer.send_request(outgoing("OPTIONS"), PEER)
+    ho.at(40)
+    assert ho.tu.order == ["timeout", "ended"] and ho.tu.ended == [tx]
+
+
+def test_a_transport_error_is_reported_before_the_end(ho: H) -> None:
+    ho.wire.fail = True
+    tx = ho.layer.send_request(outgoing("OPTIONS"), PEER)
+    assert ho.tu.order == []  # reported on the next turn, not inside send_request
+    ho.at(0)
+    assert ho.tu.order == ["transport error", "ended"] and ho.tu.ended == [tx]
+
+
+def test_lingering_transactions_end_once_their_timers_run_out(ho: H) -> None:
+    invite = ho.layer.send_request(outgoing(), PEER)
+    ho.feed(ho.reply(invite, 200))  # Accepted: Timer M
+    ho.feed(incoming("BYE", cseq=2))
+    [(server, _, _)] = ho.tu.requests
+    server.respond(build_response(server.request, 200))  # Completed: Timer J
+    assert ho.tu.ended == []
+    ho.at(40)
+    assert sorted(map(id, ho.tu.ended)) == sorted(map(id, [invite, server]))
