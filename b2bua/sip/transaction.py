@@ -233,6 +233,11 @@ class ClientTransaction(Transaction):
         super()._release()
         self._wire = b""
 
+    def _shed(self) -> None:
+        # Accepted or Completed: a final has come, so the request is never sent again.
+        super()._shed()
+        self._wire = b""
+
     def _deliver(self, response: Response) -> None:
         self.last_response = response
         self.layer.tu.on_response(self, response)
@@ -485,6 +490,9 @@ class InviteServerTransaction(ServerTransaction):
         if self.state is ACCEPTED:  # ACK to our 2xx: RFC 6026 §7.1 passes it up
             self.acked = True
             self._disarm(self.timer_2xx)
+            # The 2xx is never sent again (Accepted absorbs INVITE retransmissions): drop it
+            # for the rest of Timer L, as a terminated transaction does.
+            self._release()
             return True
         return False
 
