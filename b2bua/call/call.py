@@ -17,7 +17,9 @@ timed out, or the B leg's INVITE finally answered after a CANCEL; only then is i
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from ..sip.address import Address
@@ -100,6 +102,20 @@ def release_requests(invite: Request, resp: Response, fallback: Address) -> tupl
     return ack, bye, dest
 
 
+# Per-call tables most calls never write to (a late offer, a released fork, a relayed REFER) start
+# as this shared empty mapping and are replaced by a new dict on each change (they hold an entry or
+# two): an empty dict is 64 B, and every held call would carry three. Hooks are tuples likewise.
+_EMPTY: Mapping[Any, Any] = MappingProxyType({})
+
+
+def _with(table: Mapping[Any, Any], key: Any, value: Any) -> Mapping[Any, Any]:
+    return {**table, key: value}
+
+
+def _without(table: Mapping[Any, Any], key: Any) -> Mapping[Any, Any]:
+    return {k: v for k, v in table.items() if k != key} or _EMPTY
+
+
 class Call:
     # Slots: a call lives for minutes and there are thousands at once; its attribute dict was the
     # largest single block a held call kept (1.6 KB of ~12.7 KB traced, bench/heap.py).
@@ -129,10 +145,10 @@ class Call:
         self.b_final = False  # the B leg's INVITE got its final response (or timed out)
         self._relays: dict[Any, Any] = {}  # client tx on one leg -> server tx on the other (None: done)
         self._byes: dict[Any, None] = {}  # our BYEs not yet answered (a dict: an empty set is 216 B)
-        self._ack_wait: dict[Leg, tuple[Leg, int]] = {}  # leg whose ACK we await -> (leg to ACK, cseq)
+        self._ack_wait: Mapping[Leg, tuple[Leg, int]] = _EMPTY  # leg whose ACK we await -> (leg to ACK, cseq)
         self._no_answer_timer: Any = None
         # (Call-ID, to-tag) of a fork we released -> the ACK we sent it (bytes, where)
-        self._released_forks: dict[tuple[str, str], tuple[bytes, Address]] = {}
+        self._released_forks: Mapping[tuple[str, str], tuple[bytes, Address]] = _EMPTY
         self.media = ctx.new_media(self, self.b.call_id)
         self.sdp = SdpPath(self.media)
         self._media_timer: Any = None
@@ -141,18 +157,18 @@ class Call:
         self.transfer: Transfer | None = None
         self.deflection: Deflection | None = None  # the ringing callee passes the call on (REFER)
         self._own: dict[Any, Any] = {}  # requests the call originates itself -> handler(tx, response)
-        self._extra_legs: list[Leg] = []  # legs transfers added (registered with the core until the end)
+        self._extra_legs: tuple[Leg, ...] = ()  # legs transfers added (registered with the core until the end)
         self.started_at = ctx.now()
         # A consultation call whose legs an attended transfer in another call holds: that call.
         self.lent: Call | None = None
         self.replacement: ReplacingInvite | None = None  # an INVITE with Replaces taking a leg's place
         # passthrough: (leg, our REFER's CSeq) -> the REFER we relayed (the id the transferor knows, ...)
-        self._relayed_refers: dict[tuple[tuple[str, str], str], RelayedRefer] = {}
+        self._relayed_refers: Mapping[tuple[tuple[str, str], str], RelayedRefer] = _EMPTY
         self._hangup_while_lent: str | None = None
         # In-dialog requests something other than the relay must see first (the NOTIFYs of a REFER
         # the B2BUA sent, a parked party's requests): each returns True when it took the request.
-        self.intercepts: list[Any] = []
-        self.on_hangup: list[Any] = []  # hangup(reason) hooks: legs parked aside must be released too
+        self.intercepts: tuple[Callable[[Leg, Any, Request], bool], ...] = ()  # add_intercept
+        self.on_hangup: tuple[Callable[[str | None], None], ...] = ()  # hangup(reason) hooks: parked legs go too
 
     @property
     def call_id(self) -> str:
@@ -222,7 +238,7 @@ class Call:
     def _on_b_provisional(self, resp: Response) -> None:
         tag = resp.to_tag
         if tag and tag not in self.first_b.early and self.b_invite is not None:
-            self.first_b.early[tag] = Dialog.from_response(self.b_invite, resp)
+            self.first_b.add_early(tag, Dialog.from_response(self.b_invite, resp))
         if self.a_answered or self.state is not CallState.CALLING and self.state is not CallState.EARLY:
             return
         self.state = CallState.EARLY
@@ -253,10 +269,9 @@ class Call:
             return
         self.b_final = True
         self._cancel_no_answer()
-        dialog = self.first_b.early.pop(tag, None) or Dialog.from_response(self.b_invite, resp)
+        dialog = self.first_b.take_early(tag) or Dialog.from_response(self.b_invite, resp)
         dialog.confirm(resp)
         self.first_b.dialog = dialog
-        self.first_b.early.clear()
         if self.first_b is not self.b and self.state is CallState.CONFIRMED:
             # Picked up elsewhere while it rang: this 200 crossed our CANCEL. Take it and end it.
             self.ack(self.first_b, self.b_invite.cseq.seq, b"")
@@ -273,7 +288,7 @@ class Call:
         if self.b_invite.body:
             self.ack(self.first_b, self.b_invite.cseq.seq, b"")
         else:
-            self._ack_wait[self.a] = (self.first_b, self.b_invite.cseq.seq)  # late offer: A's ACK has the answer
+            self._ack_wait = _with(self._ack_wait, self.a, (self.first_b, self.b_invite.cseq.seq))  # late offer
         headers = self.ctx.policy.response_headers(resp)
         headers.append(("Contact", self.ctx.contact_for(self.a.peer)))
         headers.append(("Allow", ALLOW))
@@ -305,7 +320,7 @@ class Call:
             self.ctx.resend_ack(released)  # its 2xx again: our ACK was lost; BYE is under way
             return
         ack, bye, dest = release_requests(invite, resp, leg.peer)
-        self._released_forks[(invite.call_id, tag)] = self.ctx.send_ack(leg, ack, dest)
+        self._released_forks = _with(self._released_forks, (invite.call_id, tag), self.ctx.send_ack(leg, ack, dest))
         self._byes[self.ctx.send_request(leg, bye, dest)] = None
 
     def _on_b_failure(self, resp: Response) -> None:
@@ -531,9 +546,10 @@ class Call:
         self.a_invite.shed()
         if self.b_invite is not None:
             self.b_invite.shed()
-        waiting = self._ack_wait.pop(leg, None)
+        waiting = self._ack_wait.get(leg)
         if waiting is None:
             return
+        self._ack_wait = _without(self._ack_wait, leg)
         target, cseq = waiting
         content_type = ack.headers.get("Content-Type")
 
@@ -590,7 +606,7 @@ class Call:
                 if tx.request.body:
                     self.ack(leg, tx.request.cseq.seq, b"")
                 else:
-                    self._ack_wait[from_leg] = (leg, tx.request.cseq.seq)
+                    self._ack_wait = _with(self._ack_wait, from_leg, (leg, tx.request.cseq.seq))
         headers = self.ctx.policy.response_headers(resp)
         if method in TARGET_REFRESH and resp.status < 300:
             headers.append(("Contact", self.ctx.contact_for(from_leg.peer)))
@@ -726,9 +742,8 @@ class Call:
     def _release_helpers(self) -> None:
         self.transfer = self.deflection = self.replacement = None
         self._own.clear()
-        self._relayed_refers.clear()
-        self.intercepts.clear()
-        self.on_hangup.clear()
+        self._relayed_refers = _EMPTY
+        self.intercepts = self.on_hangup = ()
 
     # -- transfers ---------------------------------------------------------------------------------
 
@@ -882,7 +897,8 @@ class Call:
         self._relays[ctx_tx] = (tx, leg)
         # The other party's NOTIFYs name our REFER's CSeq in Event's id; the transferor expects its own.
         kind = "blind" if refer.replaces is None else "attended"
-        self._relayed_refers[(other.key, str(out.cseq.seq))] = RelayedRefer(str(req.cseq.seq), kind, ctx.now())
+        self._relayed_refers = _with(self._relayed_refers, (other.key, str(out.cseq.seq)),
+                                     RelayedRefer(str(req.cseq.seq), kind, ctx.now()))
         ctx.log_event(self, "refer_relayed", side=leg.label, attended=refer.replaces is not None)
         return True
 
@@ -918,13 +934,25 @@ class Call:
 
     def add_leg(self, leg: Leg) -> None:
         """A new leg of this call (a transfer target): known to the core until the call ends."""
-        self._extra_legs.append(leg)
+        self._extra_legs = (*self._extra_legs, leg)
         self.ctx.register_leg(leg)
 
     def remove_leg(self, leg: Leg) -> None:
         """A leg lent by a consultation call goes back to it."""
-        if leg in self._extra_legs:
-            self._extra_legs.remove(leg)
+        self._extra_legs = tuple(x for x in self._extra_legs if x is not leg)
+
+    def add_intercept(self, intercept: Callable[[Leg, Any, Request], bool]) -> None:
+        """In-dialog requests go to `intercept` before the relay; it returns True when it took one."""
+        self.intercepts = (*self.intercepts, intercept)
+
+    def remove_intercept(self, intercept: Callable[[Leg, Any, Request], bool]) -> None:
+        self.intercepts = tuple(i for i in self.intercepts if i != intercept)
+
+    def add_hangup_hook(self, hook: Callable[[str | None], None]) -> None:
+        self.on_hangup = (*self.on_hangup, hook)
+
+    def remove_hangup_hook(self, hook: Callable[[str | None], None]) -> None:
+        self.on_hangup = tuple(h for h in self.on_hangup if h != hook)
 
     def busy(self) -> bool:
         """Something is under way that lending our legs to a transfer would break."""
@@ -1038,7 +1066,7 @@ class Call:
             self.a = new
         else:
             self.b = new
-        self._ack_wait.pop(old, None)
+        self._ack_wait = _without(self._ack_wait, old)
         old_media, self.media = self.media, media
         self.sdp = SdpPath(media)
         return old_media

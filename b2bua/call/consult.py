@@ -145,8 +145,8 @@ class SupervisedConsult:
         self._rejoin: Rejoin | None = None
         self._transfer: Transfer | None = None
         self._on_end = on_end
-        call.intercepts.append(self._intercept)
-        call.on_hangup.append(self._call_hangup)
+        call.add_intercept(self._intercept)
+        call.add_hangup_hook(self._call_hangup)
 
     # -- start -------------------------------------------------------------------------------------
 
@@ -387,10 +387,9 @@ class SupervisedConsult:
             return
         self.state = ConsultState.ENDED
         self.busy = False
-        if self._intercept in self.call.intercepts and self.parked is None:
-            self.call.intercepts.remove(self._intercept)
-        if self._call_hangup in self.call.on_hangup and self.parked is None:
-            self.call.on_hangup.remove(self._call_hangup)
+        if self.parked is None:
+            self.call.remove_intercept(self._intercept)
+            self.call.remove_hangup_hook(self._call_hangup)
         if self._on_end is not None:
             on_end, self._on_end = self._on_end, None
             on_end()

@@ -135,10 +135,9 @@ class Deflection:
                 self.call.reject_fork(self.target, self.invite, resp)
             return
         self.invite_final = True
-        dialog = self.target.early.pop(resp.to_tag or "", None) or Dialog.from_response(self.invite, resp)
+        dialog = self.target.take_early(resp.to_tag or "") or Dialog.from_response(self.invite, resp)
         dialog.confirm(resp)
         self.target.dialog = dialog
-        self.target.early.clear()
         self.call.ack(self.target, self.invite.cseq.seq, b"")  # we made the offer: the ACK is empty
         if not self.active:
             # The caller gave up, or the deflecting phone answered, while the target rang.

@@ -60,7 +60,7 @@ class ReferOut:
         ctx = self.ctx
         headers = [("Refer-To", self.refer_to), ("Referred-By", ctx.contact_for(leg.peer)),
                    ("Contact", ctx.contact_for(leg.peer))]
-        self.call.intercepts.append(self._intercept)
+        self.call.add_intercept(self._intercept)
         tx = self.call.send_own(leg, "REFER", b"", self._answered, headers)
         self.event_id = str(tx.request.cseq.seq)
         ctx.log_event(self.call, "transfer_started", kind=self.kind, refer_to=self.refer_to,
@@ -165,8 +165,7 @@ class ReferOut:
             on_end(result)
 
     def _drop_intercept(self) -> None:
-        if self._intercept in self.call.intercepts:
-            self.call.intercepts.remove(self._intercept)
+        self.call.remove_intercept(self._intercept)
 
     def _event(self, event: str, **fields: Any) -> None:
         if self.call.state is not CallState.ENDED:

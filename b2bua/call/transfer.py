@@ -262,10 +262,9 @@ class Transfer:
         self.invite_final = True
         self._cancel_ring_timer()
         tag = resp.to_tag or ""
-        dialog = self.target.early.pop(tag, None) or Dialog.from_response(self.invite, resp)
+        dialog = self.target.take_early(tag) or Dialog.from_response(self.invite, resp)
         dialog.confirm(resp)
         self.target.dialog = dialog
-        self.target.early.clear()
         self.call.ack(self.target, self.invite.cseq.seq, b"")  # we made the offer: the ACK is empty
         if self.state is not TransferState.CALLING:
             # The transferee hung up while the target rang: take the answer and end it.

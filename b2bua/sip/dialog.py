@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .address import Address
 from .headers import NameAddr, parse_name_addr
@@ -38,7 +38,7 @@ class Dialog:
     local_party: str  # From/To header value we write for ourselves, without tag
     remote_party: str  # ... and for the peer, without tag
     remote_target: Uri
-    route_set: list[str] = field(default_factory=list)  # Route values, in order to use
+    route_set: tuple[str, ...] = ()  # Route values, in order to use (a tuple: the empty one is shared)
     local_seq: int = 0
     remote_seq: int | None = None
     state: DialogState = DialogState.EARLY
@@ -62,7 +62,7 @@ class Dialog:
             local_party=_without_tag(request.to),
             remote_party=_without_tag(request.from_),
             remote_target=target,
-            route_set=list(request.headers.values("Record-Route")),
+            route_set=tuple(request.headers.values("Record-Route")),
             local_seq=0,
             remote_seq=request.cseq.seq,
         )
@@ -79,7 +79,7 @@ class Dialog:
             local_party=_without_tag(request.from_),
             remote_party=_without_tag(response.to),
             remote_target=target,
-            route_set=list(reversed(response.headers.values("Record-Route"))),
+            route_set=tuple(reversed(response.headers.values("Record-Route"))),
             local_seq=request.cseq.seq,
             remote_seq=None,
             state=DialogState.CONFIRMED if response.is_success else DialogState.EARLY,
@@ -110,7 +110,7 @@ class Dialog:
     def confirm(self, response: Response) -> None:
         """An early dialog (UAC) becomes confirmed by a 2xx; its route set is taken from the 2xx."""
         self.state = DialogState.CONFIRMED
-        self.route_set = list(reversed(response.headers.values("Record-Route")))
+        self.route_set = tuple(reversed(response.headers.values("Record-Route")))
         self.refresh_target(response)
 
     # -- outgoing ----------------------------------------------------------------------------------

@@ -36,10 +36,10 @@ OK = msg(OK_TEXT)
 def test_uas_dialog_keeps_record_route_order_and_targets_contact():
     d = Dialog.from_request(INVITE, "b1")
     assert (d.call_id, d.local_tag, d.remote_tag, d.remote_seq) == ("d1", "b1", "a1", 10)
-    assert d.route_set == ["<sip:127.0.0.2:5060;lr>", "<sip:127.0.0.3:5060;lr>"]
+    assert d.route_set == ("<sip:127.0.0.2:5060;lr>", "<sip:127.0.0.3:5060;lr>")
     bye = d.create_request("BYE")
     assert str(bye.uri) == "sip:alice@127.0.0.1:5070;transport=tcp"
-    assert bye.headers.get_all("Route") == d.route_set
+    assert bye.headers.get_all("Route") == list(d.route_set)
     assert bye.from_tag == "b1" and bye.to_tag == "a1" and bye.cseq.seq == 1
     assert d.next_hop() == Address("udp", "127.0.0.2", 5060)
 
@@ -47,7 +47,7 @@ def test_uas_dialog_keeps_record_route_order_and_targets_contact():
 def test_uac_dialog_reverses_record_route_and_counts_cseq():
     d = Dialog.from_response(INVITE, OK)
     assert d.state is DialogState.CONFIRMED
-    assert d.route_set == ["<sip:127.0.0.3:5060;lr>", "<sip:127.0.0.2:5060;lr>"]
+    assert d.route_set == ("<sip:127.0.0.3:5060;lr>", "<sip:127.0.0.2:5060;lr>")
     assert [d.create_request("INFO").cseq.seq for _ in range(2)] == [11, 12]
     ack = d.create_request("ACK", cseq=10)
     assert ack.cseq.seq == 10 and ack.cseq.method == "ACK" and d.local_seq == 12
@@ -55,7 +55,7 @@ def test_uac_dialog_reverses_record_route_and_counts_cseq():
 
 def test_strict_route_puts_target_last():
     d = Dialog.from_request(INVITE, "b1")
-    d.route_set = ["<sip:127.0.0.9:5060>"]  # no ;lr: an RFC 2543 strict router
+    d.route_set = ("<sip:127.0.0.9:5060>",)  # no ;lr: an RFC 2543 strict router
     req = d.create_request("BYE")
     assert str(req.uri) == "sip:127.0.0.9:5060"
     assert req.headers.get_all("Route") == ["<sip:alice@127.0.0.1:5070;transport=tcp>"]
@@ -89,6 +89,6 @@ def test_host_names_from_peers_are_not_send_targets():
     # A Contact naming a host would need DNS on the event loop: the leg uses the source address.
     no_route = OK_TEXT.replace("Record-Route: <sip:127.0.0.2:5060;lr>, <sip:127.0.0.3:5060;lr>\n", "")
     d = Dialog.from_response(INVITE, msg(no_route.replace("127.0.0.4:5080", "pbx.example.invalid:5080")))
-    assert d.route_set == [] and d.next_hop() is None
+    assert d.route_set == () and d.next_hop() is None
     d.remote_target = parse_uri("sip:bob@[::1]:5090;transport=tcp")
     assert d.next_hop() == Address("tcp", "::1", 5090)
