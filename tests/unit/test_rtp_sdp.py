@@ -133,3 +133,15 @@ def test_round_trip_property(session: list[str], media: list[tuple[int, list[str
     sdp = SessionDescription.parse(text)
     assert sdp.to_text() == text
     assert len(sdp.media) == len(media)
+
+
+def test_line_ends_are_kept_as_written_and_only_cr_lf_end_a_line() -> None:
+    # CRLF, bare LF, bare CR and a missing last end; a form feed and U+2028 inside a value are
+    # characters of that line, not line ends (str.splitlines would break on them).
+    text = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\ns=a\x0cb\u2028c\rc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0"
+    sdp = SessionDescription.parse(text.encode("utf-8"))
+    assert [line.eol for line in sdp.session] == ["\r\n", "\n", "\r", "\r\n", "\r\n"]
+    assert sdp.session[2].value == "a\x0cb\u2028c"
+    assert sdp.serialize() == text.encode("utf-8")
+    plain = SessionDescription.parse(b"v=0\r\ns=-\r\n\r\nt=0 0\n")
+    assert [(line.type, line.eol) for line in plain.session] == [("v", "\r\n"), ("s", "\r\n"), ("", "\r\n"), ("t", "\n")]
