@@ -10,12 +10,20 @@ when asked (`malloc_trim`). So `TrimAfterLoad` looks at the load (calls plus tra
 least `MIN_PEAK`, it has the tables rebuilt at their current size (`compact`) and calls
 `malloc_trim(0)`, then takes the current load as the new peak. So it runs a handful of times as a
 peak drains, never under steady load, and logs what it gave back.
+
+Once the load has drained to `SETTLED` of the highest peak since the last such pass, one more pass
+first runs a full collection (`gc.collect()`, cheap by then: few objects are left to walk). That is
+the only thing that empties CPython's free lists (tuples, dicts, lists... kept for reuse, tens of
+thousands of objects after a peak), and each of them scattered through memory pins a whole
+allocator arena or page: in-process, 20,000 calls ended left RSS +106 % over the pre-load value
+without it and +37 % with it (with the SDP parser's stray blocks gone too, rtp_relay/sdp.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import ctypes.util
 import os
 import time
@@ -24,6 +32,7 @@ from typing import Any
 
 CHECK_EVERY_S = 5.0
 MIN_PEAK = 1_000
+SETTLED = 0.01  # the load is back to 1 % of its highest peak: the peak is over
 
 
 def _libc_trim() -> Callable[[], Any] | None:
@@ -55,7 +64,8 @@ class TrimAfterLoad:
         self._load = load
         self._compact = compact
         self._trim = _libc_trim()
-        self._peak = 0
+        self._peak = 0  # the load's highest point since the last pass
+        self._high = 0  # ... since the last full (settling) pass
         self._handle: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -71,6 +81,10 @@ class TrimAfterLoad:
         load = self._load()
         if load > self._peak:
             self._peak = load
+            self._high = max(self._high, load)
+        elif self._high >= MIN_PEAK and load <= self._high * SETTLED:
+            self.trim(peak=self._high, load=load, collected=gc.collect())
+            self._peak = self._high = load
         elif self._peak >= MIN_PEAK and load <= self._peak // 2:
             self.trim(peak=self._peak, load=load)
             self._peak = load

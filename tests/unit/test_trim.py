@@ -45,6 +45,26 @@ def test_trims_when_the_load_halves_from_a_peak_and_not_before() -> None:
     assert log.lines[0][1]["rss_after_kib"] > 0
 
 
+def test_a_drained_peak_ends_with_one_full_collection() -> None:
+    load = [0]
+    compacted: list[int] = []
+    log = _Log()
+    trim = TrimAfterLoad(_Loop(), log, lambda: load[0], lambda: compacted.append(load[0]))  # type: ignore[arg-type]
+    for value in (20_000, 10_000, 5_000, 2_500, 1_200, 600, 300, 150, 0, 0, 0):
+        load[0] = value
+        trim._check()
+    # Halvings from 20,000 down to 600; at 150 (<= 1 % of 20,000) the settling pass collects; then
+    # nothing more: the peak is over.
+    assert compacted == [10_000, 5_000, 2_500, 1_200, 600, 150]
+    assert ["collected" in fields for _, fields in log.lines] == [False] * 5 + [True]
+    assert log.lines[-1][1]["peak"] == 20_000
+    # A new peak starts the count again.
+    for value in (3_000, 20, 20):
+        load[0] = value
+        trim._check()
+    assert compacted[-1] == 20 and "collected" in log.lines[-1][1]
+
+
 def test_steady_load_never_trims() -> None:
     compacted: list[int] = []
     trim = TrimAfterLoad(_Loop(), _Log(), lambda: 5000, lambda: compacted.append(1))  # type: ignore[arg-type]
