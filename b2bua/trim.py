@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import gc
 import ctypes.util
+import gc
 import os
 import time
 from collections.abc import Callable
