@@ -144,4 +144,5 @@ def test_line_ends_are_kept_as_written_and_only_cr_lf_end_a_line() -> None:
     assert sdp.session[2].value == "a\x0cb\u2028c"
     assert sdp.serialize() == text.encode("utf-8")
     plain = SessionDescription.parse(b"v=0\r\ns=-\r\n\r\nt=0 0\n")
-    assert [(line.type, line.eol) for line in plain.session] == [("v", "\r\n"), ("s", "\r\n"), ("", "\r\n"), ("t", "\n")]
+    assert [(line.type, line.eol) for line in plain.session] == [
+        ("v", "\r\n"), ("s", "\r\n"), ("", "\r\n"), ("t", "\n")]
