@@ -33,7 +33,6 @@ from .transport.tcp import TcpTransport
 from .transport.udp import UdpTransport
 from .trim import TrimAfterLoad
 
-
 _TIMER_SLACK_S = 0.002
 
 
