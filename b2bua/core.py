@@ -29,7 +29,7 @@ from .media.session import MediaSession, PassThroughMedia
 from .metrics import Stats
 from .routing.static import StaticRouter
 from .sip.address import Address
-from .sip.headers import HeaderError, parse_replaces
+from .sip.headers import HeaderError, forget_parsed, parse_replaces
 from .sip.message import Request, Response, build_response, reason_for
 from .sip.parser import ParseError, parse_message
 from .sip.scheduler import Scheduler
@@ -465,7 +465,9 @@ class Core:
             call.hangup(reason=reason)
 
     def compact(self) -> None:
-        """Rebuild the tables at their present size (a dict keeps its peak size; trim.py)."""
+        """Rebuild the tables at their present size (a dict keeps its peak size; trim.py), and
+        forget the remembered parses (headers.forget_parsed): the peak's last calls' objects."""
+        forget_parsed()
         self.calls = set(self.calls)
         self._legs = dict(self._legs)
         self._tx_owner = dict(self._tx_owner)

@@ -10,9 +10,11 @@ can never be damaged by us. Names are canonicalised on the way in (compact forms
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 from .uri import (
+    PARSED_KEPT,
     AbsoluteUri,
     Params,
     SipUri,
@@ -171,8 +173,10 @@ def _check_display(display: str, value: str) -> None:
         raise HeaderError(f"stray quote in display name in {value[:80]!r}")
 
 
+@functools.lru_cache(maxsize=PARSED_KEPT)
 def parse_name_addr(value: str) -> NameAddr:
-    """Parse `"Alice" <sip:a@h>;tag=1`, `<sip:a@h>`, or `sip:a@h;tag=1` (params to the header)."""
+    """Parse `"Alice" <sip:a@h>;tag=1`, `<sip:a@h>`, or `sip:a@h;tag=1` (params to the header).
+    Remembered, like `parse_uri` (uri.py, PARSED_KEPT)."""
     text = value.strip()
     if text == "*":
         return NameAddr(uri=AbsoluteUri("*", "*"), wildcard=True, bracketed=False)
@@ -252,8 +256,11 @@ class Via:
         return self.host[1:-1] if self.host.startswith("[") else self.host
 
 
+@functools.lru_cache(maxsize=PARSED_KEPT)
 def parse_via(value: str) -> Via:
-    """`SIP/2.0/UDP host:port;params`; LWS is allowed around '/' and ':' (RFC 3261 §25.1)."""
+    """`SIP/2.0/UDP host:port;params`; LWS is allowed around '/' and ':' (RFC 3261 §25.1).
+    Remembered, like `parse_uri` (the provisional and final responses of one transaction carry
+    the same Via)."""
     parts = value.split("/", 2)
     if len(parts) != 3:
         raise HeaderError(f"malformed Via sent-protocol in {value[:80]!r}")
@@ -407,3 +414,11 @@ __all__ = [
     "parse_cseq", "parse_name_addr", "parse_replaces", "parse_target_dialog", "parse_token_list", "parse_via",
     "quote_display_name", "split_list",
 ]
+
+
+def forget_parsed() -> None:
+    """Empty the remembered parses (uri.py, PARSED_KEPT): after a load peak they are the last
+    calls' objects, kept for nothing, scattered through memory the allocator could give back."""
+    parse_uri.cache_clear()
+    parse_name_addr.cache_clear()
+    parse_via.cache_clear()

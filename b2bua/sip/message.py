@@ -53,7 +53,8 @@ def _name_key(name: str) -> tuple[str, str]:
 
 def _key(name: str) -> str:
     """The lower-case lookup key of a header name in any case or compact form."""
-    return _name_key(name)[1]
+    hit = _NAMES.get(name)
+    return hit[1] if hit is not None else _name_key(name)[1]
 
 
 class Headers:
@@ -102,17 +103,24 @@ class Headers:
     def __repr__(self) -> str:
         return f"Headers({list(self)!r})"
 
+    # Lookups scan the keys with tuple methods (C loops; the keys are interned, so a match is
+    # usually the same object) rather than a Python loop: a message is asked for a header some
+    # eighty times in a call's life, most often for one it does not have.
     def get(self, name: str) -> str | None:
+        keys = self._keys
         key = _key(name)
-        for k, v in zip(self._keys, self._values, strict=True):
-            if k == key:
-                return v
-        return None
+        return self._values[keys.index(key)] if key in keys else None
 
     def get_all(self, name: str) -> list[str]:
         """Every line of this header, in order (not split on commas)."""
+        keys = self._keys
         key = _key(name)
-        return [v for k, v in zip(self._keys, self._values, strict=True) if k == key]
+        count = keys.count(key)
+        if count == 0:
+            return []
+        if count == 1:
+            return [self._values[keys.index(key)]]
+        return [v for k, v in zip(keys, self._values, strict=True) if k == key]
 
     def values(self, name: str) -> list[str]:
         """Every value of a list header, lines split on commas (RFC 3261 §7.3.1)."""

@@ -10,6 +10,7 @@ are kept whole as `AbsoluteUri`; the daemon decides whether it supports them (41
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, replace
@@ -218,8 +219,18 @@ class SipUri:
 Uri = SipUri | AbsoluteUri
 
 
+# Parsed URIs and name-addrs are immutable values, and the same text comes back again and again:
+# a dialog's From and To in each of its messages, our own Contact as the Request-URI of every ACK
+# and BYE sent to us. So the last few thousand parses are remembered (functools.lru_cache, keyed by
+# the text; a refused text is not remembered and raises each time). A hit costs ~0.1 us against
+# 10-20 us to parse. Vias are remembered the same way (headers.py). `headers.forget_parsed`
+# empties all three (after a load peak: b2bua/trim.py through Core.compact).
+PARSED_KEPT = 4096
+
+
+@functools.lru_cache(maxsize=PARSED_KEPT)
 def parse_uri(text: str) -> Uri:
-    """Parse a URI; raises UriError naming the problem."""
+    """Parse a URI; raises UriError naming the problem. Remembered (see PARSED_KEPT)."""
     text = text.strip()
     m = _SCHEME_RE.match(text)
     if not m:

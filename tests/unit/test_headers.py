@@ -260,3 +260,25 @@ def test_token_list() -> None:
     assert parse_token_list(["Replaces, 100rel", " Timer ,", "norefersub"]) == [
         "replaces", "100rel", "timer", "norefersub",
     ]
+
+
+def test_parses_are_remembered_and_refusals_are_not() -> None:
+    from b2bua.sip.headers import HeaderError as _HeaderError
+    from b2bua.sip.headers import forget_parsed, parse_name_addr, parse_via
+    from b2bua.sip.uri import parse_uri
+
+    forget_parsed()
+    text = '"Alice" <sip:alice@127.0.0.1:5070>;tag=a1'
+    first = parse_name_addr(text)
+    assert parse_name_addr(text) is first  # one immutable object for one text
+    via = "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1"
+    assert parse_via(via) is parse_via(via)
+    assert parse_uri("sip:b2bua@127.0.0.1:5060") is parse_uri("sip:b2bua@127.0.0.1:5060")
+    for _ in range(2):  # a refused text raises each time: nothing is remembered for it
+        with pytest.raises(_HeaderError):
+            parse_name_addr("<sip:alice@127.0.0.1")
+    assert parse_name_addr.cache_info().currsize == 1
+    forget_parsed()
+    assert parse_name_addr.cache_info().currsize == parse_via.cache_info().currsize == 0
+    assert parse_uri.cache_info().currsize == 0
+    assert parse_name_addr(text) == first and parse_name_addr(text) is not first
