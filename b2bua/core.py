@@ -29,12 +29,12 @@ from .media.session import MediaSession, PassThroughMedia
 from .metrics import Stats
 from .routing.static import StaticRouter
 from .sip.address import Address
-from .sip.headers import HeaderError, forget_parsed, parse_replaces
+from .sip.headers import HeaderError, parse_replaces
 from .sip.message import Request, Response, build_response, reason_for
 from .sip.parser import ParseError, parse_message
 from .sip.scheduler import Scheduler
 from .sip.transaction import TimerConfig, TransactionLayer, response_destination
-from .sip.uri import AbsoluteUri, SipUri
+from .sip.uri import AbsoluteUri, SipUri, forget_parsed
 
 SUPPORTED_EXTENSIONS = SUPPORTED  # option tags we implement (RFC 3261 §8.2.2.3)
 KNOWN_METHODS = frozenset({"INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "UPDATE", "INFO",

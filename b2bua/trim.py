@@ -11,12 +11,13 @@ least `MIN_PEAK`, it has the tables rebuilt at their current size (`compact`) an
 `malloc_trim(0)`, then takes the current load as the new peak. So it runs a handful of times as a
 peak drains, never under steady load, and logs what it gave back.
 
-Once the load has drained to `SETTLED` of the highest peak since the last such pass, one more pass
-first runs a full collection (`gc.collect()`, cheap by then: few objects are left to walk). That is
-the only thing that empties CPython's free lists (tuples, dicts, lists... kept for reuse, tens of
-thousands of objects after a peak), and each of them scattered through memory pins a whole
-allocator arena or page: in-process, 20,000 calls ended left RSS +106 % over the pre-load value
-without it and +37 % with it (with the SDP parser's stray blocks gone too, rtp_relay/sdp.py).
+Once the load has drained to `SETTLED` of the highest peak since the last such pass and stopped
+falling, one more pass also runs a full collection (`gc.collect()`, cheap by then: few objects are
+left to walk) between compacting and `malloc_trim`. Only a full collection empties CPython's free
+lists (tuples, dicts, lists... kept for reuse, tens of thousands of objects after a peak, and
+compacting adds the ones it frees), and each of them, scattered through memory, pins a whole
+allocator arena or page. The order matters (in-process, 20,000 calls ended, RSS over the pre-load
+value): compact, collect, trim +76 %; collect, compact, trim +341 %; no collection +437 %.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class TrimAfterLoad:
         self._trim = _libc_trim()
         self._peak = 0  # the load's highest point since the last pass
         self._high = 0  # ... since the last full (settling) pass
+        self._last = 0  # the load at the previous check
         self._handle: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -78,20 +80,24 @@ class TrimAfterLoad:
 
     def _check(self) -> None:
         self.start()
-        load = self._load()
+        load, falling = self._load(), self._last
+        self._last = load
+        falling = load < falling
         if load > self._peak:
             self._peak = load
             self._high = max(self._high, load)
-        elif self._high >= MIN_PEAK and load <= self._high * SETTLED:
-            self.trim(peak=self._high, load=load, collected=gc.collect())
+        elif self._high >= MIN_PEAK and load <= self._high * SETTLED and not falling:
+            self.trim(collect=True, peak=self._high, load=load)
             self._peak = self._high = load
         elif self._peak >= MIN_PEAK and load <= self._peak // 2:
             self.trim(peak=self._peak, load=load)
             self._peak = load
 
-    def trim(self, **context: Any) -> None:
+    def trim(self, collect: bool = False, **context: Any) -> None:
         started, before = time.perf_counter(), rss_kib()
         self._compact()
+        if collect:
+            context["collected"] = gc.collect()  # after compacting: it frees objects too
         if self._trim is not None:
             self._trim()
         after = rss_kib()

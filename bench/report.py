@@ -113,7 +113,7 @@ def markdown(r: dict) -> str:
                 f"{mem['kb_per_call']:.2f} | {post['rss_kb'] / 1024:.1f} MiB ({mem['rss_after_pct']:+.1f} %) | "
                 f"{pre['fds']} / {post['fds']} | {mem['sipp']['failed']} / {mem['sipp']['unexpected']} |")
             targets.append(("≤ 10 KB RSS per concurrent call", f"{mem['kb_per_call']:.2f} KiB at "
-                            f"{held['active_calls']:,.0f} calls", _met(mem["kb_per_call"] <= 10)))
+                            f"{held['active_calls']:,.0f} calls", _met(mem["kb_per_call"] * 1024 <= 10_000)))
             targets.append(("RSS after within 5 % of before", f"{mem['rss_after_pct']:+.1f} %",
                             _met(abs(mem["rss_after_pct"]) <= 5)))
             targets.append(("no descriptor left", f"{mem['fds_left']:+d}", _met(mem["fds_left"] <= 0)))

@@ -520,11 +520,12 @@ class Call:
         """One of this call's transactions is over (the core says so after any timeout report).
         A call lasts minutes and its transactions seconds, so what the call kept for one goes now:
         a relayed request's entry once it was answered (it was kept for 2xx retransmissions, which
-        now come as strays), and an INVITE transaction, replaced by `ENDED`. Once both INVITEs
+        now come as strays), a request of its own, and an INVITE transaction, replaced by `ENDED`. Once both INVITEs
         are over and the call is up, the INVITEs themselves shrink to their skeleton (From, To,
         Call-ID, CSeq): about two kilobytes less per call held (bench/heap.py)."""
         if tx in self._relays and self._relays[tx] is None:
             del self._relays[tx]
+        self._own.pop(tx, None)  # a request of our own (a re-INVITE, a REFER): answered long ago
         for leg in (self.a, self.b, self.first_b):
             if leg.invite_tx is tx:
                 leg.invite_tx = ENDED

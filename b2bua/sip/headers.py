@@ -10,11 +10,9 @@ can never be damaged by us. Names are canonicalised on the way in (compact forms
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, replace
 
 from .uri import (
-    PARSED_KEPT,
     AbsoluteUri,
     Params,
     SipUri,
@@ -26,6 +24,7 @@ from .uri import (
     format_params,
     parse_params,
     parse_uri,
+    remembered,
     set_param,
     split_hostport,
     split_outside_quotes,
@@ -173,7 +172,7 @@ def _check_display(display: str, value: str) -> None:
         raise HeaderError(f"stray quote in display name in {value[:80]!r}")
 
 
-@functools.lru_cache(maxsize=PARSED_KEPT)
+@remembered
 def parse_name_addr(value: str) -> NameAddr:
     """Parse `"Alice" <sip:a@h>;tag=1`, `<sip:a@h>`, or `sip:a@h;tag=1` (params to the header).
     Remembered, like `parse_uri` (uri.py, PARSED_KEPT)."""
@@ -256,7 +255,7 @@ class Via:
         return self.host[1:-1] if self.host.startswith("[") else self.host
 
 
-@functools.lru_cache(maxsize=PARSED_KEPT)
+@remembered
 def parse_via(value: str) -> Via:
     """`SIP/2.0/UDP host:port;params`; LWS is allowed around '/' and ':' (RFC 3261 §25.1).
     Remembered, like `parse_uri` (the provisional and final responses of one transaction carry
@@ -415,10 +414,3 @@ __all__ = [
     "quote_display_name", "split_list",
 ]
 
-
-def forget_parsed() -> None:
-    """Empty the remembered parses (uri.py, PARSED_KEPT): after a load peak they are the last
-    calls' objects, kept for nothing, scattered through memory the allocator could give back."""
-    parse_uri.cache_clear()
-    parse_name_addr.cache_clear()
-    parse_via.cache_clear()

@@ -90,7 +90,9 @@ class TransactionUser(Protocol):
     def on_timeout(self, tx: ClientTransaction | ServerTransaction) -> None: ...
     def on_transport_error(self, tx: ClientTransaction | ServerTransaction) -> None: ...
     # The transaction is over and the layer has let go of it; told once per transaction, after
-    # any on_timeout or on_transport_error, so the TU can drop what it kept for it.
+    # any on_timeout or on_transport_error, so the TU can drop what it kept for it. The one call
+    # that can come from inside the TU's own call: a final it sends on a non-INVITE server
+    # transaction over TCP ends that transaction at once (Timer J = 0).
     def on_ended(self, tx: ClientTransaction | ServerTransaction) -> None: ...
 
 
@@ -182,12 +184,16 @@ class Transaction:
     def _time_out(self) -> None:
         self._terminate(tell_tu=False)
         self.layer.timeouts += 1
-        self.layer.tu.on_timeout(self)  # type: ignore[arg-type]
-        self._ended()
+        try:
+            self.layer.tu.on_timeout(self)  # type: ignore[arg-type]
+        finally:
+            self._ended()
 
     def _transport_failed(self) -> None:
-        self.layer.tu.on_transport_error(self)  # type: ignore[arg-type]
-        self._ended()
+        try:
+            self.layer.tu.on_transport_error(self)  # type: ignore[arg-type]
+        finally:
+            self._ended()
 
     def _send(self, data: bytes) -> bool:
         """Hand bytes to the transport; on OSError the transaction ends (RFC 3261 §17.1.4)."""
@@ -302,9 +308,11 @@ class InviteClientTransaction(ClientTransaction):
             self._disarm(self.timer_a, self.timer_b, self.timer_cancel)
             self._ack_wire = self.layer._build_ack(self.request, response).serialize()
             sent = self._send(self._ack_wire)
-            self._deliver(response)  # before Completed can end at once (TCP): the TU hears `on_ended` last
-            if sent:
-                self._linger(self.timer_d, 0 if self.dest.reliable else self.layer.config.d)
+            try:
+                self._deliver(response)  # before Completed can end at once (TCP): `on_ended` comes last
+            finally:  # even when the TU raised: the transaction must still end
+                if sent:
+                    self._linger(self.timer_d, 0 if self.dest.reliable else self.layer.config.d)
         elif state is COMPLETED:
             self.layer.retransmissions += 1  # §17.1.1.2: a retransmitted final gets the ACK again
             self._send(self._ack_wire)
@@ -357,8 +365,10 @@ class NonInviteClientTransaction(ClientTransaction):
         else:
             self.state = COMPLETED
             self._disarm(self.timer_e, self.timer_f)
-            self._deliver(response)  # before Completed can end at once (TCP): the TU hears `on_ended` last
-            self._linger(self.timer_k, 0 if self.dest.reliable else self.layer.config.k)
+            try:
+                self._deliver(response)  # before Completed can end at once (TCP): `on_ended` comes last
+            finally:  # even when the TU raised: the transaction must still end
+                self._linger(self.timer_k, 0 if self.dest.reliable else self.layer.config.k)
 
     def timer_e(self) -> None:
         """§17.1.2.2: T1 doubling up to T2 in Trying; every T2 in Proceeding."""

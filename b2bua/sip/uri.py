@@ -13,7 +13,9 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 from urllib.parse import quote, unquote
 
 Params = tuple[tuple[str, str | None], ...]
@@ -219,16 +221,45 @@ class SipUri:
 Uri = SipUri | AbsoluteUri
 
 
+T = TypeVar("T")
+
 # Parsed URIs and name-addrs are immutable values, and the same text comes back again and again:
 # a dialog's From and To in each of its messages, our own Contact as the Request-URI of every ACK
 # and BYE sent to us. So the last few thousand parses are remembered (functools.lru_cache, keyed by
 # the text; a refused text is not remembered and raises each time). A hit costs ~0.1 us against
-# 10-20 us to parse. Vias are remembered the same way (headers.py). `headers.forget_parsed`
-# empties all three (after a load peak: b2bua/trim.py through Core.compact).
+# 10-20 us to parse. Only texts up to PARSED_KEPT_LEN characters are remembered, so a peer sending
+# huge headers cannot make the caches hold more than a few megabytes. Vias are remembered the same
+# way (headers.py). `forget_parsed` empties all three (after a load peak: b2bua/trim.py through
+# Core.compact).
 PARSED_KEPT = 4096
+PARSED_KEPT_LEN = 256
 
 
-@functools.lru_cache(maxsize=PARSED_KEPT)
+_REMEMBERED: list[Any] = []
+
+
+def forget_parsed() -> None:
+    """Empty the remembered parses: after a load peak they are the last calls' objects, kept for
+    nothing, scattered through memory the allocator could give back."""
+    for cached in _REMEMBERED:
+        cached.cache_clear()
+
+
+def remembered(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """`parse`, with its results for short texts remembered (see PARSED_KEPT); `.cache` is the
+    lru_cache wrapper (cache_clear, cache_info)."""
+    cached = functools.lru_cache(maxsize=PARSED_KEPT)(parse)
+    _REMEMBERED.append(cached)
+
+    def parse_text(text: str) -> T:
+        return cached(text) if len(text) <= PARSED_KEPT_LEN else parse(text)
+
+    parse_text.cache = cached  # type: ignore[attr-defined]
+    parse_text.__doc__ = parse.__doc__
+    return parse_text
+
+
+@remembered
 def parse_uri(text: str) -> Uri:
     """Parse a URI; raises UriError naming the problem. Remembered (see PARSED_KEPT)."""
     text = text.strip()

@@ -80,9 +80,20 @@ def bob_byes(w: Wire) -> set[str]:
 
 
 def test_attended_transfer_joins_the_transferee_to_the_consulted_target():
+    attended_transfer(settled=False)
+
+
+def test_an_attended_transfer_works_the_same_after_the_invite_transactions_have_ended():
+    attended_transfer(settled=True)
+
+
+def attended_transfer(settled: bool):
     w = wire()
     a200, b_inv, b200 = establish(w)
     c200, c_inv = consult(w)
+    if settled:
+        w.advance(40)  # both calls keep only their INVITEs' skeletons (Call.transaction_ended)
+        assert all(call.b_invite is not None and not call.b_invite.body for call in w.core.calls)
     assert len(w.core.calls) == 2 and w.rtp is not None and len(w.rtp.calls) == 2
     w.take()
     refer_with_replaces(w, b200, c200)

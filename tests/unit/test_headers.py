@@ -264,8 +264,8 @@ def test_token_list() -> None:
 
 def test_parses_are_remembered_and_refusals_are_not() -> None:
     from b2bua.sip.headers import HeaderError as _HeaderError
-    from b2bua.sip.headers import forget_parsed, parse_name_addr, parse_via
-    from b2bua.sip.uri import parse_uri
+    from b2bua.sip.headers import parse_name_addr, parse_via
+    from b2bua.sip.uri import forget_parsed, parse_uri
 
     forget_parsed()
     text = '"Alice" <sip:alice@127.0.0.1:5070>;tag=a1'
@@ -277,8 +277,12 @@ def test_parses_are_remembered_and_refusals_are_not() -> None:
     for _ in range(2):  # a refused text raises each time: nothing is remembered for it
         with pytest.raises(_HeaderError):
             parse_name_addr("<sip:alice@127.0.0.1")
-    assert parse_name_addr.cache_info().currsize == 1
+    assert parse_name_addr.cache.cache_info().currsize == 1  # type: ignore[attr-defined]
+    # A long text is parsed but not remembered: the caches stay small whatever a peer sends.
+    long = f'"{"x" * 300}" <sip:alice@127.0.0.1>'
+    assert parse_name_addr(long) == parse_name_addr(long) and parse_name_addr(long) is not parse_name_addr(long)
+    assert parse_name_addr.cache.cache_info().currsize == 1  # type: ignore[attr-defined]
     forget_parsed()
-    assert parse_name_addr.cache_info().currsize == parse_via.cache_info().currsize == 0
-    assert parse_uri.cache_info().currsize == 0
+    for parse in (parse_name_addr, parse_via, parse_uri):
+        assert parse.cache.cache_info().currsize == 0  # type: ignore[attr-defined]
     assert parse_name_addr(text) == first and parse_name_addr(text) is not first

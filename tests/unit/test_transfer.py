@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from b2bua.call.leg import ENDED
 from b2bua.sip.address import Address
 from b2bua.sip.message import Request
 from rtp_relay.sdp import SessionDescription
@@ -57,8 +58,24 @@ def target_answers(w: Wire, status: int = 200, reason: str = "OK") -> Request:
 
 
 def test_blind_transfer_by_the_callee_rebridges_the_caller_to_the_target():
+    blind_transfer_by_the_callee(settled=False)
+
+
+def test_a_blind_transfer_works_the_same_after_the_invite_transactions_have_ended():
+    blind_transfer_by_the_callee(settled=True)
+
+
+def blind_transfer_by_the_callee(settled: bool):
     w = wire()
     a200, _, b200 = establish(w)
+    if settled:
+        # 40 s on, the INVITE transactions have ended: the call let go of them and kept only its
+        # INVITEs' skeletons (Call.transaction_ended). The transfer needs nothing more.
+        w.advance(40)
+        [call] = w.core.calls
+        assert call.a_invite_tx is ENDED and call.b_invite_tx is ENDED and call.a.invite_tx is ENDED
+        assert call.a_invite.body == b"" and len(call.a_invite.headers) == 4
+        assert not w.core._tx_owner and not w.core._a_invites and w.core._call_txs[call] == []
     refer_from_callee(w, b200)
     [accepted] = w.responses(PBX, 202)
     assert accepted.headers.get("Contact")

@@ -50,19 +50,19 @@ def test_a_drained_peak_ends_with_one_full_collection() -> None:
     compacted: list[int] = []
     log = _Log()
     trim = TrimAfterLoad(_Loop(), log, lambda: load[0], lambda: compacted.append(load[0]))  # type: ignore[arg-type]
-    for value in (20_000, 10_000, 5_000, 2_500, 1_200, 600, 300, 150, 0, 0, 0):
+    for value in (20_000, 10_000, 5_000, 2_500, 1_200, 600, 300, 150, 0, 0, 0, 0):
         load[0] = value
         trim._check()
-    # Halvings from 20,000 down to 600; at 150 (<= 1 % of 20,000) the settling pass collects; then
-    # nothing more: the peak is over.
-    assert compacted == [10_000, 5_000, 2_500, 1_200, 600, 150]
+    # Halvings from 20,000 down to 600; below 1 % of 20,000 (150, then 0) the load still falls;
+    # at the first check where it does not, the settling pass collects; then nothing more.
+    assert compacted == [10_000, 5_000, 2_500, 1_200, 600, 0]
     assert ["collected" in fields for _, fields in log.lines] == [False] * 5 + [True]
     assert log.lines[-1][1]["peak"] == 20_000
-    # A new peak starts the count again.
+    # A new peak starts the count again: halved at once, then settled when the load holds.
     for value in (3_000, 20, 20):
         load[0] = value
         trim._check()
-    assert compacted[-1] == 20 and "collected" in log.lines[-1][1]
+    assert compacted[-2:] == [20, 20] and "collected" in log.lines[-1][1] and "collected" not in log.lines[-2][1]
 
 
 def test_steady_load_never_trims() -> None:
