@@ -377,7 +377,7 @@ class Core:
 
     def resend_ack(self, sent: tuple[bytes, Address]) -> None:
         self.stats.requests_out["ACK"] += 1
-        self.tl.resend(*sent)
+        self.tl.send_wire(*sent)
 
     def cancel(self, tx: Any) -> None:
         leg = self._tx_owner.get(tx)
@@ -466,7 +466,7 @@ class Core:
 
     def compact(self) -> None:
         """Rebuild the tables at their present size (a dict keeps its peak size; trim.py), and
-        forget the remembered parses (headers.forget_parsed): the peak's last calls' objects."""
+        forget the remembered parses (uri.forget_parsed): the peak's last calls' objects."""
         forget_parsed()
         self.calls = set(self.calls)
         self._legs = dict(self._legs)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any, Protocol
 
 from ..sip.address import Address
@@ -38,6 +37,7 @@ from .recall import recall_transferor
 from .refer import ReferError, ReferRequest, parse_refer, parse_sipfrag, refer_to_with_replaces
 from .replacement import Replacement, ReplacingInvite
 from .sdp_path import SdpPath
+from .small_tables import EMPTY, with_entry, without_entry
 from .transfer import Transfer, TransferState
 
 # Requests a leg may relay within a dialog; the rest are answered 405 or handled specially.
@@ -102,20 +102,6 @@ def release_requests(invite: Request, resp: Response, fallback: Address) -> tupl
     return ack, bye, dest
 
 
-# Per-call tables most calls never write to (a late offer, a released fork, a relayed REFER) start
-# as this shared empty mapping and are replaced by a new dict on each change (they hold an entry or
-# two): an empty dict is 64 B, and every held call would carry three. Hooks are tuples likewise.
-_EMPTY: Mapping[Any, Any] = MappingProxyType({})
-
-
-def _with(table: Mapping[Any, Any], key: Any, value: Any) -> Mapping[Any, Any]:
-    return {**table, key: value}
-
-
-def _without(table: Mapping[Any, Any], key: Any) -> Mapping[Any, Any]:
-    return {k: v for k, v in table.items() if k != key} or _EMPTY
-
-
 class Call:
     # Slots: a call lives for minutes and there are thousands at once; its attribute dict was the
     # largest single block a held call kept (1.6 KB of ~12.7 KB traced, bench/heap.py).
@@ -145,10 +131,10 @@ class Call:
         self.b_final = False  # the B leg's INVITE got its final response (or timed out)
         self._relays: dict[Any, Any] = {}  # client tx on one leg -> server tx on the other (None: done)
         self._byes: dict[Any, None] = {}  # our BYEs not yet answered (a dict: an empty set is 216 B)
-        self._ack_wait: Mapping[Leg, tuple[Leg, int]] = _EMPTY  # leg whose ACK we await -> (leg to ACK, cseq)
+        self._ack_wait: Mapping[Leg, tuple[Leg, int]] = EMPTY  # leg whose ACK we await -> (leg to ACK, cseq)
         self._no_answer_timer: Any = None
         # (Call-ID, to-tag) of a fork we released -> the ACK we sent it (bytes, where)
-        self._released_forks: Mapping[tuple[str, str], tuple[bytes, Address]] = _EMPTY
+        self._released_forks: Mapping[tuple[str, str], tuple[bytes, Address]] = EMPTY
         self.media = ctx.new_media(self, self.b.call_id)
         self.sdp = SdpPath(self.media)
         self._media_timer: Any = None
@@ -163,10 +149,12 @@ class Call:
         self.lent: Call | None = None
         self.replacement: ReplacingInvite | None = None  # an INVITE with Replaces taking a leg's place
         # passthrough: (leg, our REFER's CSeq) -> the REFER we relayed (the id the transferor knows, ...)
-        self._relayed_refers: Mapping[tuple[tuple[str, str], str], RelayedRefer] = _EMPTY
+        self._relayed_refers: Mapping[tuple[tuple[str, str], str], RelayedRefer] = EMPTY
         self._hangup_while_lent: str | None = None
         # In-dialog requests something other than the relay must see first (the NOTIFYs of a REFER
         # the B2BUA sent, a parked party's requests): each returns True when it took the request.
+        # Hooks are tuples, changed through add_/remove_ methods: most calls never have one, and
+        # the empty tuple is shared (an empty list is 56 B per call).
         self.intercepts: tuple[Callable[[Leg, Any, Request], bool], ...] = ()  # add_intercept
         self.on_hangup: tuple[Callable[[str | None], None], ...] = ()  # hangup(reason) hooks: parked legs go too
 
@@ -288,7 +276,7 @@ class Call:
         if self.b_invite.body:
             self.ack(self.first_b, self.b_invite.cseq.seq, b"")
         else:
-            self._ack_wait = _with(self._ack_wait, self.a, (self.first_b, self.b_invite.cseq.seq))  # late offer
+            self._ack_wait = with_entry(self._ack_wait, self.a, (self.first_b, self.b_invite.cseq.seq))  # late offer
         headers = self.ctx.policy.response_headers(resp)
         headers.append(("Contact", self.ctx.contact_for(self.a.peer)))
         headers.append(("Allow", ALLOW))
@@ -320,7 +308,8 @@ class Call:
             self.ctx.resend_ack(released)  # its 2xx again: our ACK was lost; BYE is under way
             return
         ack, bye, dest = release_requests(invite, resp, leg.peer)
-        self._released_forks = _with(self._released_forks, (invite.call_id, tag), self.ctx.send_ack(leg, ack, dest))
+        sent = self.ctx.send_ack(leg, ack, dest)
+        self._released_forks = with_entry(self._released_forks, (invite.call_id, tag), sent)
         self._byes[self.ctx.send_request(leg, bye, dest)] = None
 
     def _on_b_failure(self, resp: Response) -> None:
@@ -520,9 +509,9 @@ class Call:
         """One of this call's transactions is over (the core says so after any timeout report).
         A call lasts minutes and its transactions seconds, so what the call kept for one goes now:
         a relayed request's entry once it was answered (it was kept for 2xx retransmissions, which
-        now come as strays), a request of its own, and an INVITE transaction, replaced by `ENDED`. Once both INVITEs
-        are over and the call is up, the INVITEs themselves shrink to their skeleton (From, To,
-        Call-ID, CSeq): about two kilobytes less per call held (bench/heap.py)."""
+        now come as strays), a request of its own, and an INVITE transaction, replaced by
+        `ENDED`. Once both INVITEs are over and the call is up, the INVITEs themselves shrink to
+        their skeleton (From, To, Call-ID, CSeq): about two kilobytes less per call held."""
         if tx in self._relays and self._relays[tx] is None:
             del self._relays[tx]
         self._own.pop(tx, None)  # a request of our own (a re-INVITE, a REFER): answered long ago
@@ -550,7 +539,7 @@ class Call:
         waiting = self._ack_wait.get(leg)
         if waiting is None:
             return
-        self._ack_wait = _without(self._ack_wait, leg)
+        self._ack_wait = without_entry(self._ack_wait, leg)
         target, cseq = waiting
         content_type = ack.headers.get("Content-Type")
 
@@ -607,7 +596,7 @@ class Call:
                 if tx.request.body:
                     self.ack(leg, tx.request.cseq.seq, b"")
                 else:
-                    self._ack_wait = _with(self._ack_wait, from_leg, (leg, tx.request.cseq.seq))
+                    self._ack_wait = with_entry(self._ack_wait, from_leg, (leg, tx.request.cseq.seq))
         headers = self.ctx.policy.response_headers(resp)
         if method in TARGET_REFRESH and resp.status < 300:
             headers.append(("Contact", self.ctx.contact_for(from_leg.peer)))
@@ -743,7 +732,7 @@ class Call:
     def _release_helpers(self) -> None:
         self.transfer = self.deflection = self.replacement = None
         self._own.clear()
-        self._relayed_refers = _EMPTY
+        self._relayed_refers = EMPTY
         self.intercepts = self.on_hangup = ()
 
     # -- transfers ---------------------------------------------------------------------------------
@@ -898,7 +887,7 @@ class Call:
         self._relays[ctx_tx] = (tx, leg)
         # The other party's NOTIFYs name our REFER's CSeq in Event's id; the transferor expects its own.
         kind = "blind" if refer.replaces is None else "attended"
-        self._relayed_refers = _with(self._relayed_refers, (other.key, str(out.cseq.seq)),
+        self._relayed_refers = with_entry(self._relayed_refers, (other.key, str(out.cseq.seq)),
                                      RelayedRefer(str(req.cseq.seq), kind, ctx.now()))
         ctx.log_event(self, "refer_relayed", side=leg.label, attended=refer.replaces is not None)
         return True
@@ -1067,7 +1056,7 @@ class Call:
             self.a = new
         else:
             self.b = new
-        self._ack_wait = _without(self._ack_wait, old)
+        self._ack_wait = without_entry(self._ack_wait, old)
         old_media, self.media = self.media, media
         self.sdp = SdpPath(media)
         return old_media

@@ -13,12 +13,12 @@ from __future__ import annotations
 import enum
 import weakref
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ..media.leg_sdp import LegSdp
 from ..sip.address import Address
 from ..sip.dialog import Dialog, DialogState
+from .small_tables import EMPTY, with_entry
 
 if TYPE_CHECKING:
     from .call import Call
@@ -42,9 +42,6 @@ class _Ended:
 
 ENDED = _Ended()
 
-# A leg's early dialogs until it has some: shared, and read-only (an empty dict per leg is 64 B).
-_NO_FORKS: Mapping[str, Dialog] = MappingProxyType({})
-
 
 class Side(enum.Enum):
     A = "a"  # toward the caller: we are UAS
@@ -67,7 +64,7 @@ class Leg:
         self.local_tag = local_tag
         self.peer = peer  # where the first request came from / went to
         self.dialog: Dialog | None = None
-        self.early: Mapping[str, Dialog] = _NO_FORKS  # B leg forks, by remote tag (add_early)
+        self.early: Mapping[str, Dialog] = EMPTY  # B leg forks, by remote tag (add_early; small_tables.py)
         self.invite_tx: Any = None  # the initial INVITE's server (A) or client (B) transaction; ENDED once over
         # A re-INVITE we sent on this leg and have not finished (RFC 3261 §14.1: 491 on glare).
         self.reinvite_pending = False
@@ -92,13 +89,13 @@ class Leg:
         self._call = weakref.ref(call)
 
     def add_early(self, remote_tag: str, dialog: Dialog) -> None:
-        self.early = {**self.early, remote_tag: dialog}
+        self.early = with_entry(self.early, remote_tag, dialog)
 
     def take_early(self, remote_tag: str) -> Dialog | None:
         """The early dialog `remote_tag` names, if one was seen; the others are forgotten (a 2xx
         has picked the dialog the leg goes on with)."""
         dialog = self.early.get(remote_tag)
-        self.early = _NO_FORKS
+        self.early = EMPTY
         return dialog
 
     def __repr__(self) -> str:

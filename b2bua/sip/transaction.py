@@ -175,9 +175,9 @@ class Transaction:
         self.layer.tu.on_ended(self)  # type: ignore[arg-type]
 
     def _release(self) -> None:
-        """Drop what only a live transaction uses: the TU may keep a terminated transaction (a call
-        holds its INVITE's for its whole life), and a parsed response with its cached views or a
-        serialized message is half a kilobyte or more. `request` stays: the TU reads it in
+        """Drop what only a live transaction uses: the TU may still hold a terminated transaction
+        until it hears `on_ended`, and a parsed response with its cached views or a serialized
+        message is half a kilobyte or more. `request` stays: the TU reads it in
         `on_timeout` and `on_transport_error`, which come after the end."""
         self.last_response = None
 
@@ -693,14 +693,14 @@ class TransactionLayer:
     def send_ack(self, ack: Request, dest: Address) -> tuple[bytes, Address]:
         """Send an ACK to a 2xx (no transaction; RFC 3261 §13.2.2.4): adds a Via with a new
         branch and sends it once. Returns the bytes sent and where they went: a retransmitted 2xx
-        is answered with this same ACK (`resend`), not a new one. A transport error is counted
+        is answered with this same ACK (`send_wire`), not a new one. A transport error is counted
         only: the dialog notices a lost ACK through the peer's 2xx retransmissions or its BYE."""
         _, dest, wire = self._add_via(ack, dest)
-        self.resend(wire, dest)
+        self.send_wire(wire, dest)
         return wire, dest
 
-    def resend(self, wire: bytes, dest: Address) -> None:
-        """Send bytes already sent once (an ACK to a 2xx) again, outside any transaction."""
+    def send_wire(self, wire: bytes, dest: Address) -> None:
+        """Send bytes outside any transaction: an ACK to a 2xx, the first time or again."""
         try:
             self._transport_send(wire, dest)
         except OSError:

@@ -251,11 +251,11 @@ def remembered(parse: Callable[[str], T]) -> Callable[[str], T]:
     cached = functools.lru_cache(maxsize=PARSED_KEPT)(parse)
     _REMEMBERED.append(cached)
 
+    @functools.wraps(parse)
     def parse_text(text: str) -> T:
         return cached(text) if len(text) <= PARSED_KEPT_LEN else parse(text)
 
     parse_text.cache = cached  # type: ignore[attr-defined]
-    parse_text.__doc__ = parse.__doc__
     return parse_text
 
 

@@ -399,7 +399,7 @@ def test_send_ack_for_2xx(h: H) -> None:
     assert wire_ack.method == "ACK" and wire_ack.branch != tx.branch
     assert len(wire_ack.vias) == 1
     # RFC 3261 §13.2.2.4: a retransmitted 2xx gets the same ACK again (same Via branch), not a new one.
-    h.layer.resend(wire, dest)
+    h.layer.send_wire(wire, dest)
     assert h.wire.sent[-1][1] == wire
     h.at(60)
     assert [m.method for m in h.wire.msgs()] == ["INVITE", "ACK", "ACK"]  # no retransmission
