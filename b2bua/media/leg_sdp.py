@@ -60,21 +60,29 @@ class LegSdp:
 
     def outgoing(self, body: bytes, parsed: SessionDescription | None = None) -> bytes:
         """`body` with our o= line, version bumped when the content changed. Raises SdpError.
-        `parsed`: `body` already parsed by the caller (it is changed here, and not kept)."""
+        `parsed`: `body` already parsed by the caller, unedited (the output is spliced from
+        `body`; the parse is changed here, and not kept)."""
         sdp = parsed if parsed is not None else SessionDescription.parse(body)
-        origin = next((line for line in sdp.session if line.type == "o"), None)
-        if origin is None:
+        session = sdp.session
+        at = next((i for i, line in enumerate(session) if line.type == "o"), None)
+        if at is None:
             raise SdpError("SDP has no o= line")
+        origin = session[at]
+        # The body is spliced around its o= line rather than written out line by line: it is
+        # the text of `sdp` (the parse round-trips byte for byte), so the o= line starts where
+        # the lines before it end (only v= in any sane SDP).
+        start = len("".join(line.text() for line in session[:at]).encode("utf-8", "surrogateescape"))
+        head = body[:start]
+        tail = body[start + len(origin.text().encode("utf-8", "surrogateescape")):]
         # A hash, not the text, tells "changed": it is kept for the leg's whole life.
-        content = hash("".join(line.text() for line in sdp.session if line is not origin) + "".join(
-            line.text() for m in sdp.media for line in m.lines))
+        content = hash((head, tail))
         if self._last_content is not None and content != self._last_content:
             self.version += 1
         self._last_content = content
         address = _origin_address(sdp)
         addr_type = "IP6" if ":" in address else "IP4"
         origin.value = f"- {self.session_id} {self.version} IN {addr_type} {address}"
-        out = sdp.serialize()
+        out = head + origin.text().encode("utf-8", "surrogateescape") + tail
         self.local = out
         return out
 

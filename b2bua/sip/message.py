@@ -70,8 +70,9 @@ class Headers:
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         names, values, keys = [], [], []
+        known = _NAMES.get  # `_name_key` inlined for names seen before: a dozen lines a message
         for n, v in items:
-            canon, key = _name_key(n)
+            canon, key = known(n) or _name_key(n)
             names.append(canon)
             values.append(v)
             keys.append(key)
@@ -108,13 +109,15 @@ class Headers:
     # eighty times in a call's life, most often for one it does not have.
     def get(self, name: str) -> str | None:
         keys = self._keys
-        key = _key(name)
+        hit = _NAMES.get(name)  # `_key` inlined: some eighty lookups a call
+        key = hit[1] if hit is not None else _name_key(name)[1]
         return self._values[keys.index(key)] if key in keys else None
 
     def get_all(self, name: str) -> list[str]:
         """Every line of this header, in order (not split on commas)."""
         keys = self._keys
-        key = _key(name)
+        hit = _NAMES.get(name)
+        key = hit[1] if hit is not None else _name_key(name)[1]
         count = keys.count(key)
         if count == 0:
             return []
