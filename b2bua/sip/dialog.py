@@ -12,11 +12,10 @@ and responses. It decides nothing about calls; the call layer owns that.
 from __future__ import annotations
 
 import enum
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .address import Address
+from .address import Address, is_ip_literal
 from .headers import NameAddr, parse_name_addr
 from .message import Headers, Request, Response
 from .uri import SipUri, Uri
@@ -168,9 +167,7 @@ def uri_address(uri: Uri) -> Address | None:
     host = uri.param("maddr") or uri.host_bare
     if host.startswith("["):
         host = host[1:-1]
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
+    if not is_ip_literal(host):
         return None
     return Address(transport, host, uri.port or 5060)
 
