@@ -146,6 +146,13 @@ def test_with_headers_is_a_new_message() -> None:
     assert r2.top_via.host == "b.example" and r.top_via.host == "a.example"
     with pytest.raises(AttributeError):
         r.method = "BYE"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        r2.method = "BYE"  # type: ignore[misc]
+    assert (r2.method, r2.uri, r2.body, r2.version) == (r.method, r.uri, r.body, r.version)
+    resp = Response(183, "Session Progress", make_headers(), b"v=0\r\n")
+    resp2 = resp.with_headers(Headers([("Via", "SIP/2.0/UDP c.example")]))
+    assert (resp2.status, resp2.reason, resp2.body) == (183, "Session Progress", b"v=0\r\n")
+    assert type(resp2) is Response and resp2.top_via.host == "c.example"
 
 
 def test_build_response() -> None:
