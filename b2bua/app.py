@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import collector
+from . import allocator, collector
 from .api import mount_api
 from .collector import CollectOld
 from .config import Settings, parse_hostport
@@ -155,7 +155,8 @@ class Daemon:
             loop.add_signal_handler(sig, self._stopping.set)
         self.log.info("started", listen=s.sip.listen, transports=s.sip.transports,
                       next_hop=s.routing.next_hop, http=s.http.listen,
-                      media_relays=s.media.relays if s.media.enabled else "off")
+                      media_relays=s.media.relays if s.media.enabled else "off",
+                      allocator=allocator.current())
         await self._stopping.wait()
         await self._drain()
         old_generation.stop()

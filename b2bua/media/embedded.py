@@ -17,6 +17,7 @@ import socket
 import sys
 from typing import Any
 
+from .. import allocator
 from ..config import MediaSettings
 
 RESTART_DELAY_S = 1.0
@@ -67,7 +68,8 @@ class EmbeddedRelay:
     async def _spawn(self) -> None:
         assert self._sock is not None
         self._proc = await asyncio.create_subprocess_exec(
-            *self._argv(), pass_fds=(self._sock.fileno(),), stdin=asyncio.subprocess.DEVNULL)
+            *self._argv(), pass_fds=(self._sock.fileno(),), stdin=asyncio.subprocess.DEVNULL,
+            env=allocator.relay_env())
         self.log.info("embedded_relay_started", pid=self._proc.pid, control="{}:{}".format(*self.control_address),
                       ports=self.media.embedded.ports)
 

@@ -1,0 +1,49 @@
+"""The daemon runs on the C library's malloc, its embedded relay on pymalloc (b2bua/allocator.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.sipp
+
+
+def environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().decode("utf-8", "replace")
+    return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
+
+
+def relay_pid(pid: int) -> int:
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        if b"rtp_relay" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return int(child)
+    raise AssertionError("no embedded relay among the daemon's children")
+
+
+def started_line(daemon) -> dict:
+    deadline = time.monotonic() + 5  # /healthz may answer a moment before the line is written
+    while time.monotonic() < deadline:
+        for line in daemon.stdout_path.read_text().splitlines():
+            if '"started"' in line:
+                return json.loads(line)
+        time.sleep(0.05)
+    raise AssertionError("no started line")
+
+
+@pytest.mark.skipif("PYTHONMALLOC" in os.environ, reason="the test run itself names an allocator")
+def test_the_daemon_runs_on_malloc_and_its_relay_on_pymalloc(start_daemon, needs_daemon):
+    daemon = start_daemon()
+    assert environ(daemon.proc.pid).get("PYTHONMALLOC") == "malloc"
+    assert "PYTHONMALLOC" not in environ(relay_pid(daemon.proc.pid))
+    assert started_line(daemon)["allocator"] == "malloc"
+
+
+def test_an_allocator_the_operator_names_is_kept(start_daemon, needs_daemon):
+    daemon = start_daemon(env={"PYTHONMALLOC": "pymalloc"})
+    assert environ(daemon.proc.pid).get("PYTHONMALLOC") == "pymalloc"
+    assert environ(relay_pid(daemon.proc.pid)).get("PYTHONMALLOC") == "pymalloc"
+    assert started_line(daemon)["allocator"] == "pymalloc"
