@@ -121,6 +121,14 @@ class Daemon:
         self._timer_at = deadline
         self._timer = self._loop.call_at(deadline, self._on_timer)
 
+    def _check_buffer(self, udp: UdpTransport, asked: int, listen: str) -> None:
+        """Warn when the kernel granted less receive buffer than configured (it doubles the
+        value it grants, and caps it at net.core.rmem_max)."""
+        granted = udp.buffer_size // 2
+        if asked and granted < asked:
+            self.log.warning("udp_receive_buffer_capped", listen=listen, asked=asked, granted=granted,
+                             hint="raise net.core.rmem_max (sysctl) to at least the asked size")
+
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         self.stats.escaped_exceptions += 1
         self.log.error("loop_exception", message=context.get("message"), exc=repr(context.get("exception")))
@@ -141,7 +149,9 @@ class Daemon:
         for item in s.sip.listen:
             host, port = parse_hostport(item)
             if "udp" in s.sip.transports:
-                self._udp.setdefault(":" in host, await UdpTransport.listen(host, port, self._on_data))
+                udp = await UdpTransport.listen(host, port, self._on_data, s.sip.udp_receive_buffer_bytes)
+                self._check_buffer(udp, s.sip.udp_receive_buffer_bytes, item)
+                self._udp.setdefault(":" in host, udp)
             if "tcp" in s.sip.transports:
                 await self._tcp.listen(host, port)
         runner = await self._start_http()

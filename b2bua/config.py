@@ -73,6 +73,10 @@ class SipSettings(_Section):
     t2_ms: int = Field(4000, ge=100, le=60_000)
     t4_ms: int = Field(5000, ge=100, le=60_000)
     max_message_bytes: int = Field(65535, ge=1500, le=1_048_576)
+    udp_receive_buffer_bytes: int = Field(
+        4_194_304, ge=0, le=1_073_741_824,
+        description="receive buffer asked for each SIP UDP socket (0: the kernel's default); "
+                    "capped by net.core.rmem_max")
     tcp_idle_timeout_s: float = Field(300.0, gt=0)
     user_agent: str = "b2bua/0.1"
 

@@ -3,11 +3,20 @@
 How this works: every datagram goes to `on_data(data, Address)` (the daemon wraps the core so a bug
 is counted, never raised into the loop); `send(data, address)` writes one datagram. Oversized
 requests never reach here: the transaction layer switches them to TCP (RFC 3261 §18.1.1).
+
+The socket's receive buffer is what carries the daemon through a pause (a collector pass, a burst
+of timers): the kernel's default (208 KiB, charged at a few KiB per datagram) holds about a
+hundred messages, 25 ms of traffic at 880 calls/s, and every datagram past it is dropped and
+retransmitted 500 ms later. Measured at 880 calls/s with the default: 1,049 datagrams dropped at
+our socket, 4.65 % retransmissions, while the daemon used 0.70 of a core. So `listen` asks for
+`receive_buffer` bytes; the kernel caps the request at net.core.rmem_max, and `buffer_size`
+reports what was granted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -42,8 +51,19 @@ class UdpTransport(asyncio.DatagramProtocol):
         if self._transport is not None:
             self._transport.close()
 
+    @property
+    def buffer_size(self) -> int:
+        """The receive buffer the kernel granted (Linux reports twice the bytes it charges)."""
+        sock = self._transport.get_extra_info("socket") if self._transport is not None else None
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) if sock is not None else 0
+
     @classmethod
-    async def listen(cls, host: str, port: int, on_data: OnData) -> UdpTransport:
+    async def listen(cls, host: str, port: int, on_data: OnData, receive_buffer: int = 0) -> UdpTransport:
+        """Bind `host:port`; `receive_buffer` > 0 asks the kernel for that receive buffer."""
         loop = asyncio.get_running_loop()
         _, protocol = await loop.create_datagram_endpoint(lambda: cls(on_data), local_addr=(host, port))
+        if receive_buffer > 0 and protocol._transport is not None:
+            sock = protocol._transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         return protocol

@@ -1,4 +1,5 @@
-"""The daemon runs on the C library's malloc, its embedded relay on pymalloc (b2bua/allocator.py)."""
+"""The daemon process: on the C library's malloc, its relay on pymalloc (b2bua/allocator.py), and
+the SIP UDP receive buffer it asks the kernel for (b2bua/transport/udp.py)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,12 @@ def test_an_allocator_the_operator_names_is_kept(start_daemon, needs_daemon):
     assert environ(daemon.proc.pid).get("PYTHONMALLOC") == "pymalloc"
     assert environ(relay_pid(daemon.proc.pid)).get("PYTHONMALLOC") == "pymalloc"
     assert started_line(daemon)["allocator"] == "pymalloc"
+
+
+def test_a_capped_receive_buffer_is_reported(start_daemon, needs_daemon):
+    too_big = 2 * int(Path("/proc/sys/net/core/rmem_max").read_text())
+    daemon = start_daemon(env={"B2BUA_SIP__UDP_RECEIVE_BUFFER_BYTES": str(too_big)})
+    started_line(daemon)
+    warnings = [json.loads(line) for line in daemon.stdout_path.read_text().splitlines()
+                if "udp_receive_buffer_capped" in line]
+    assert warnings and warnings[0]["asked"] == too_big and warnings[0]["granted"] < too_big
