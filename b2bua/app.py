@@ -188,13 +188,14 @@ class Daemon:
             return s
         if not s.media.relays:
             self._relay = EmbeddedRelay(s.media, self.log, s.log.level)
-            host, port = await self._relay.start()
+            host, port = await self._relay.start(s.sip.udp_receive_buffer_bytes)
             s = s.model_copy(update={"media": s.media.model_copy(update={"relays": [f"{host}:{port}"]})})
             self.settings = s
         for relay in s.media.relays:
             v6 = ":" in parse_hostport(relay, 2223)[0]
             if v6 not in self._ng:
-                self._ng[v6] = await UdpTransport.listen("::" if v6 else "0.0.0.0", 0, self._on_ng)
+                self._ng[v6] = await UdpTransport.listen("::" if v6 else "0.0.0.0", 0, self._on_ng,
+                                                         s.sip.udp_receive_buffer_bytes)
         return s
 
     async def _wait_for_relays(self, timeout: float = 10.0) -> None:

@@ -75,8 +75,9 @@ class SipSettings(_Section):
     max_message_bytes: int = Field(65535, ge=1500, le=1_048_576)
     udp_receive_buffer_bytes: int = Field(
         4_194_304, ge=0, le=1_073_741_824,
-        description="receive buffer asked for each SIP UDP socket (0: the kernel's default); "
-                    "capped by net.core.rmem_max")
+        description="receive buffer asked for each UDP socket the daemon reads: SIP, media relay "
+                    "control, the embedded relay's control (0: the kernel's default); capped by "
+                    "net.core.rmem_max")
     tcp_idle_timeout_s: float = Field(300.0, gt=0)
     user_agent: str = "b2bua/0.1"
 

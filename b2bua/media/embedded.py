@@ -45,8 +45,12 @@ class EmbeddedRelay:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    async def start(self) -> tuple[str, int]:
+    async def start(self, receive_buffer: int = 0) -> tuple[str, int]:
+        """Start the relay on a control socket of ours; `receive_buffer` > 0 is asked for it (a
+        burst of offers at a high call rate overflows the kernel's default, see transport/udp.py)."""
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if receive_buffer > 0:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         self._sock.bind(("127.0.0.1", 0))
         await self._spawn()
         self._watch = asyncio.get_running_loop().create_task(self._supervise())
