@@ -43,8 +43,9 @@ def markdown(r: dict) -> str:
             f"of {turns} alternating turn(s); highest clean rate on a ladder 10 % apart)")
         add("")
         add("| system | highest clean calls/s | b2bua (relay off) ÷ this | b2bua (relay on) ÷ this | "
+            "INVITE→200 p50 / p99 ms at that rate | "
             "CPU ms/call at 50 calls/s | b2bua ÷ this | INVITE→200 p50 ms | p99 ms |")
-        add("|---|---:|---:|---:|---:|---:|---:|---:|")
+        add("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 
         def vals(key: str, what: str) -> list[float]:
             s = sig.get(key)
@@ -57,6 +58,12 @@ def markdown(r: dict) -> str:
                     # figure (not 0: that would halve the median of two turns).
                     if not t["error"] and t["best_clean"]:
                         out.append(t["best_clean"])
+                elif what in ("best_p50", "best_p99"):
+                    # Setup latency at the highest clean rung: the clean criterion has no latency
+                    # bound, and near saturation a queue shorter than Timer A (500 ms) still passes.
+                    at = [st for st in t.get("steps", []) if st.get("clean") and st["target"] == t["best_clean"]]
+                    if not t["error"] and at:
+                        out.append(at[-1]["setup_p50_ms" if what == "best_p50" else "setup_p99_ms"])
                 elif t["fixed_50"] and t["fixed_50"]["successful"] >= 0.99 * t["fixed_50"]["calls"]:
                     out.append(t["fixed_50"][{"cpu": "cpu_ms_per_call", "p50": "setup_p50_ms",
                                               "p99": "setup_p99_ms"}[what]])
@@ -74,8 +81,9 @@ def markdown(r: dict) -> str:
             best = (spread(vals(key, "best"), 0) + (" (SIPp-bound)" if bound else "")
                     + (f" ({lost} turn(s) without a clean rung, left out)" if lost else ""))
             peer = not key.startswith("ours")
+            at_best = f"{spread(vals(key, 'best_p50'), 1)} / {spread(vals(key, 'best_p99'), 1)}"
             add(f"| {s['name']} | {best} | {ratio(ours, med(key, 'best')) if peer else ''} | "
-                f"{ratio(ours_relay, med(key, 'best')) if peer else ''} | {spread(vals(key, 'cpu'), 2)} | "
+                f"{ratio(ours_relay, med(key, 'best')) if peer else ''} | {at_best} | {spread(vals(key, 'cpu'), 2)} | "
                 f"{ratio(ours_cpu, med(key, 'cpu')) if peer else ''} | {spread(vals(key, 'p50'), 2)} | "
                 f"{spread(vals(key, 'p99'), 2)} |")
         add("")

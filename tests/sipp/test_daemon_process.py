@@ -51,7 +51,10 @@ def test_an_allocator_the_operator_names_is_kept(start_daemon, needs_daemon):
 
 
 def test_a_capped_receive_buffer_is_reported(start_daemon, needs_daemon):
-    too_big = 2 * int(Path("/proc/sys/net/core/rmem_max").read_text())
+    cap = int(Path("/proc/sys/net/core/rmem_max").read_text())
+    if 2 * cap > 1 << 30:
+        pytest.skip("net.core.rmem_max is above what the setting accepts")
+    too_big = 2 * cap
     daemon = start_daemon(env={"B2BUA_SIP__UDP_RECEIVE_BUFFER_BYTES": str(too_big)})
     started_line(daemon)
     warnings = [json.loads(line) for line in daemon.stdout_path.read_text().splitlines()
