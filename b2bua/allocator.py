@@ -6,8 +6,9 @@ few objects that outlive the peak (a table compacted, a cache refilled, a free l
 over most of the arenas the peak created and pin them all. Measured with bench/memory.py after
 20,000 held calls had ended and the settling pass had run (trim.py): RSS stayed 150 % above its
 pre-load value, with no more objects in use than before the load. On glibc's malloc the same
-pass gives back every free page (`malloc_trim`): RSS ended 0.8 % *below* its pre-load value, at
-8.61 instead of 8.26 KiB per held call and about 7 % more instructions per call (callgrind).
+pass gives back the free pages (`malloc_trim`): RSS ended between 1.2 % below and 4.0 % above its
+pre-load value in three runs, at 8.6-9.0 instead of 8.26 KiB per held call and about 7 % more
+instructions per call (callgrind, in-process).
 
 The allocator is fixed when the interpreter starts (PYTHONMALLOC), so `choose()`, the first thing
 the `b2bua` command runs, executes the same command line once more with PYTHONMALLOC=malloc: same
