@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import allocator
 from ..config import MediaSettings
+from ..transport.udp import ask_receive_buffer
 
 RESTART_DELAY_S = 1.0
 STOP_GRACE_S = 5.0
@@ -49,8 +50,7 @@ class EmbeddedRelay:
         """Start the relay on a control socket of ours; `receive_buffer` > 0 is asked for it (a
         burst of offers at a high call rate overflows the kernel's default, see transport/udp.py)."""
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        if receive_buffer > 0:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        ask_receive_buffer(self._sock, receive_buffer)
         self._sock.bind(("127.0.0.1", 0))
         await self._spawn()
         self._watch = asyncio.get_running_loop().create_task(self._supervise())

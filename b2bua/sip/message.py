@@ -116,8 +116,7 @@ class Headers:
     def get_all(self, name: str) -> list[str]:
         """Every line of this header, in order (not split on commas)."""
         keys = self._keys
-        hit = _NAMES.get(name)
-        key = hit[1] if hit is not None else _name_key(name)[1]
+        key = _key(name)
         count = keys.count(key)
         if count == 0:
             return []

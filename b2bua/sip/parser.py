@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 
 from .headers import HeaderError
-from .message import _NAMES, SIP_VERSION, Headers, Request, Response, _name_key
+from .message import SIP_VERSION, Headers, Request, Response
 from .uri import UriError, ascii_int, parse_uri
 
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
@@ -76,18 +76,12 @@ def _split_head(data: bytes) -> tuple[bytes, bytes]:
     return data.rstrip(b"\r\n"), b""
 
 
-def _header_lines(lines: list[str]) -> tuple[Headers, str]:
-    """The headers, folded lines joined; a malformed line is skipped and reported ("" if none).
-
-    Builds the Headers' three tuples directly (the name lookup inlined, as in Headers()): no
-    (name, value) pair per line, no second pass."""
-    names: list[str] = []
-    values: list[str] = []
-    keys: list[str] = []
+def _header_lines(lines: list[str]) -> tuple[list[tuple[str, str]], str]:
+    """(name, value) pairs with folded lines joined; a malformed line is skipped and reported."""
+    headers: list[tuple[str, str]] = []
     error = ""
     last_ok = False
     known = _KNOWN_NAMES
-    seen = _NAMES.get
     for line in lines:
         if not line:
             continue
@@ -97,8 +91,8 @@ def _header_lines(lines: list[str]) -> tuple[Headers, str]:
                 continue
             cont = line.strip(" \t")
             if cont:
-                value = values[-1]
-                values[-1] = f"{value} {cont}" if value else cont
+                name, value = headers[-1]
+                headers[-1] = (name, f"{value} {cont}" if value else cont)
             continue
         name, sep, value = line.partition(":")
         if name not in known:
@@ -107,12 +101,9 @@ def _header_lines(lines: list[str]) -> tuple[Headers, str]:
                 error = error or f"malformed header line {line[:40]!r}"
                 last_ok = False
                 continue
-        canon, key = seen(name) or _name_key(name)
-        names.append(canon)
-        values.append(value.strip(" \t"))
-        keys.append(key)
+        headers.append((name, value.strip(" \t")))
         last_ok = True
-    return Headers._trusted(names, values, keys), error
+    return headers, error
 
 
 def _split_lines(head: str) -> list[str]:
@@ -132,7 +123,8 @@ def parse_message(data: bytes) -> Request | Response:
     start = lines[0]
     if not start:
         raise ParseError("Empty message", kind="empty")
-    headers, header_error = _header_lines(lines[1:])
+    items, header_error = _header_lines(lines[1:])
+    headers = Headers(items)
     body, cl_error = _frame_body(headers, body)
     if start[:4].upper() == "SIP/":
         if header_error:

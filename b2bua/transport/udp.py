@@ -25,6 +25,12 @@ from ..sip.address import Address
 OnData = Callable[[bytes, Address], None]
 
 
+def ask_receive_buffer(sock: socket.socket, size: int) -> None:
+    """Ask the kernel for a `size`-byte receive buffer on `sock` (0: leave its default)."""
+    if size > 0:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
 class UdpTransport(asyncio.DatagramProtocol):
     def __init__(self, on_data: OnData) -> None:
         self._on_data = on_data
@@ -62,8 +68,7 @@ class UdpTransport(asyncio.DatagramProtocol):
         """Bind `host:port`; `receive_buffer` > 0 asks the kernel for that receive buffer."""
         loop = asyncio.get_running_loop()
         _, protocol = await loop.create_datagram_endpoint(lambda: cls(on_data), local_addr=(host, port))
-        if receive_buffer > 0 and protocol._transport is not None:
-            sock = protocol._transport.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock = protocol._transport.get_extra_info("socket") if protocol._transport is not None else None
+        if sock is not None:
+            ask_receive_buffer(sock, receive_buffer)
         return protocol
