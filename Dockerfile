@@ -8,7 +8,12 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY b2bua ./b2bua
 COPY rtp_relay ./rtp_relay
-RUN python -m venv /opt/b2bua/venv && /opt/b2bua/venv/bin/pip install --no-cache-dir .
+# gcc for the compiled parsing core (b2bua/native.py: mypyc, into /opt/b2bua/venv/native); the
+# runtime image needs no compiler. Without it the daemon would run the same modules from source.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
+RUN python -m venv /opt/b2bua/venv && /opt/b2bua/venv/bin/pip install --no-cache-dir '.[native]' \
+    && /opt/b2bua/venv/bin/python -m b2bua.native build \
+    && rm -rf /opt/b2bua/venv/native/src /opt/b2bua/venv/native/tmp
 
 FROM python:3.11-slim-bookworm
 RUN useradd --system --no-create-home b2bua

@@ -7,33 +7,43 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TSTAMP := $(VENV)/.installed-test
+NSTAMP := $(VENV)/native/manifest.json
+# The modules b2bua/native.py compiles; the build is redone whenever one of them changes.
+NATIVE_SRC := b2bua/native.py b2bua/sip/uri.py b2bua/sip/headers.py b2bua/sip/message.py b2bua/sip/parser.py
 ARGS   ?=
 
 .PHONY: run test install install-test lint typecheck clean system-deps bench
 
-# Debian packages the quick start relies on: venv support; SIPp and rtpengine for the tests.
+# Debian packages the quick start relies on: venv support, a C compiler and the Python headers
+# for the compiled parsing core; SIPp and rtpengine for the tests.
 system-deps:
-	@./deploy/ensure-debian-packages.sh python3-venv
+	@./deploy/ensure-debian-packages.sh python3-venv gcc python3-dev
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e '.[native]'
 	@touch $@
+
+# The compiled parsing core (b2bua/native.py). A failed build is reported, not fatal: the daemon
+# then runs the same modules from source, and says so in its `started` log line.
+$(NSTAMP): $(STAMP) $(NATIVE_SRC)
+	@$(PY) -m b2bua.native build >/dev/null 2>$(VENV)/native-build.log \
+	  || echo "warning: could not compile the parsing core (see $(VENV)/native-build.log); running it from source" >&2
 
 $(TSTAMP): $(STAMP) pyproject.toml
 	@./deploy/ensure-debian-packages.sh sip-tester rtpengine-daemon
 	$(PY) -m pip install -q -e '.[test,dev]'
 	@touch $@
 
-install: $(STAMP)
-install-test: $(TSTAMP)
+install: $(STAMP) $(NSTAMP)
+install-test: $(TSTAMP) $(NSTAMP)
 
-run: $(STAMP)
+run: $(STAMP) $(NSTAMP)
 	$(VENV)/bin/b2bua $(ARGS)
 
-test: $(TSTAMP)
+test: $(TSTAMP) $(NSTAMP)
 	$(PY) -m pytest $(ARGS)
 
 lint: $(TSTAMP)
@@ -44,7 +54,7 @@ lint: $(TSTAMP)
 # `make bench QUICK=1` is a short smoke run of every part. Peers are installed by the bench itself
 # (Sippy into bench/.venv-peers, Kamailio with apt-get), never into the project's environment.
 BENCH_ARGS ?=
-bench: $(TSTAMP)
+bench: $(TSTAMP) $(NSTAMP)
 	$(PY) -m bench.run $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 clean:

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import allocator, collector
+from . import allocator, collector, native
 from .api import mount_api
 from .collector import CollectOld
 from .config import Settings, parse_hostport
@@ -166,7 +166,7 @@ class Daemon:
         self.log.info("started", listen=s.sip.listen, transports=s.sip.transports,
                       next_hop=s.routing.next_hop, http=s.http.listen,
                       media_relays=s.media.relays if s.media.enabled else "off",
-                      allocator=allocator.current())
+                      allocator=allocator.current(), parsing_core=native.state())
         await self._stopping.wait()
         await self._drain()
         old_generation.stop()

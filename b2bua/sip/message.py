@@ -2,19 +2,20 @@
 
 How this works: a message is a start line, an ordered tuple of `(name, raw value)` header pairs and
 a body kept as bytes (multipart and unknown content types pass through untouched). Messages are
-frozen: code that wants a different message builds one (`with_headers`, `Headers.set`...), so a
-message that was handed to a transaction can never change under it. Structured views (`vias`,
-`cseq`, `from_`, `to`...) are parsed on first use and cached on the instance. `serialize()` always
+values: code that wants a different message builds one (`with_headers`, `Headers.set`...), so a
+message that was handed to a transaction can never change under it. Their fields are `Final`:
+mypy refuses an assignment anywhere but the constructor, and the compiled build (b2bua/native.py)
+makes them read-only at run time. Structured views (`vias`, `cseq`, `from_`, `to`...) are parsed
+on first use and kept in slots of their own. This module is compiled with mypyc when it can be,
+so it stays within what mypyc compiles (no `cls.__new__`, no instance `__dict__`). `serialize()` always
 writes a Content-Length that matches the body, so framing over TCP can never be wrong because of us.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from functools import cached_property
-from typing import TYPE_CHECKING, Any, Self
+from collections.abc import Iterable, Iterator
+from typing import Final, Self
 
 from .headers import (
     LIST_HEADERS,
@@ -79,15 +80,6 @@ class Headers:
         self._names: tuple[str, ...] = tuple(names)
         self._values: tuple[str, ...] = tuple(values)
         self._keys: tuple[str, ...] = tuple(keys)
-
-    @classmethod
-    def _trusted(cls, names: Iterable[str], values: Iterable[str], keys: Iterable[str]) -> Headers:
-        """Headers from names already canonical and their keys (no lookups, no copies of tuples)."""
-        h = cls.__new__(cls)
-        h._names = names if isinstance(names, tuple) else tuple(names)
-        h._values = values if isinstance(values, tuple) else tuple(values)
-        h._keys = keys if isinstance(keys, tuple) else tuple(keys)
-        return h
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return zip(self._names, self._values, strict=True)
@@ -157,19 +149,19 @@ class Headers:
             names.extend([name] * len(new))
             values.extend(new)
             keys.extend([key] * len(new))
-        return Headers._trusted(names, values, keys)
+        return trusted_headers(names, values, keys)
 
     def add(self, name: str, value: str, *, first: bool = False) -> Headers:
         """Add one line: at the top of the message (Via, Record-Route) or at the end."""
         name, key = _name_key(name)
         if first:
-            return Headers._trusted((name, *self._names), (value, *self._values), (key, *self._keys))
-        return Headers._trusted((*self._names, name), (*self._values, value), (*self._keys, key))
+            return trusted_headers((name, *self._names), (value, *self._values), (key, *self._keys))
+        return trusted_headers((*self._names, name), (*self._values, value), (*self._keys, key))
 
     def remove(self, *names: str) -> Headers:
         drop = {_key(n) for n in names}
         kept = [i for i, k in enumerate(self._keys) if k not in drop]
-        return Headers._trusted([self._names[i] for i in kept], [self._values[i] for i in kept],
+        return trusted_headers([self._names[i] for i in kept], [self._values[i] for i in kept],
                                 [self._keys[i] for i in kept])
 
     def pop_first_value(self, name: str) -> Headers:
@@ -195,42 +187,48 @@ class Headers:
             names.append(n)
             values.append(v)
             keys.append(k)
-        return Headers._trusted(names, values, keys)
+        return trusted_headers(names, values, keys)
 
 
-class _parsed_view:
-    """`functools.cached_property` without its lock: on Python 3.11 every first use takes an
-    RLock (a few percent of the daemon's CPU, measured with py-spy), and the core is single-threaded.
-    The first `__get__` stores the value in the instance's `__dict__`, which later lookups find
-    first (a non-data descriptor), exactly like `cached_property`."""
-
-    def __init__(self, func: Callable[[Any], Any]) -> None:
-        self.func = func
-        self.name = func.__name__
-        self.__doc__ = func.__doc__
-
-    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
-        if obj is None:
-            return self
-        value = obj.__dict__[self.name] = self.func(obj)
-        return value
-
-
-if TYPE_CHECKING:
-    parsed_view = cached_property  # the same typing: a value of the function's return type
-else:
-    parsed_view = _parsed_view
+def trusted_headers(names: Iterable[str], values: Iterable[str], keys: Iterable[str]) -> Headers:
+    """Headers from names already canonical and their keys (no lookups, no copies of tuples)."""
+    h = Headers()
+    h._names = names if isinstance(names, tuple) else tuple(names)
+    h._values = values if isinstance(values, tuple) else tuple(values)
+    h._keys = keys if isinstance(keys, tuple) else tuple(keys)
+    return h
 
 
 class _Message:
-    """Accessors shared by Request and Response; parsed once, then cached."""
+    """What Request and Response share: headers, body, version, and the structured views
+    (`vias`, `cseq`, `from_`...), each parsed on first use and kept in its own slot.
 
-    headers: Headers
-    body: bytes
+    Treat a message as immutable: `Final` makes mypy refuse an assignment to a field anywhere
+    but the constructor, and the views are caches of what the headers already say. Slots rather
+    than a `__dict__`: a call keeps several messages for its whole life, and the mypyc-compiled
+    build (see `b2bua/native.py`) turns them into C struct fields."""
 
-    @parsed_view
+    __slots__ = ("headers", "body", "version", "_vias", "_cseq", "_call_id", "_from", "_to",
+                 "_contacts", "_record_route")
+
+    def __init__(self, headers: Headers, body: bytes, version: str) -> None:
+        self.headers: Final = headers
+        self.body: Final = body
+        self.version: Final = version
+        self._vias: list[Via] | None = None
+        self._cseq: CSeq | None = None
+        self._call_id: str | None = None
+        self._from: NameAddr | None = None
+        self._to: NameAddr | None = None
+        self._contacts: list[NameAddr] | None = None
+        self._record_route: list[NameAddr] | None = None
+
+    @property
     def vias(self) -> list[Via]:
-        return [parse_via(v) for v in self.headers.values("Via")]
+        vias = self._vias
+        if vias is None:
+            vias = self._vias = [parse_via(v) for v in self.headers.values("Via")]
+        return vias
 
     @property
     def top_via(self) -> Via:
@@ -239,27 +237,39 @@ class _Message:
             raise HeaderError("missing Via")
         return vias[0]
 
-    @parsed_view
+    @property
     def cseq(self) -> CSeq:
-        v = self.headers.get("CSeq")
-        if v is None:
-            raise HeaderError("missing CSeq")
-        return parse_cseq(v)
+        cseq = self._cseq
+        if cseq is None:
+            v = self.headers.get("CSeq")
+            if v is None:
+                raise HeaderError("missing CSeq")
+            cseq = self._cseq = parse_cseq(v)
+        return cseq
 
-    @parsed_view
+    @property
     def call_id(self) -> str:
-        v = self.headers.get("Call-ID")
-        if not v:
-            raise HeaderError("missing Call-ID")
-        return v.strip()
+        call_id = self._call_id
+        if call_id is None:
+            v = self.headers.get("Call-ID")
+            if not v:
+                raise HeaderError("missing Call-ID")
+            call_id = self._call_id = v.strip()
+        return call_id
 
-    @parsed_view
+    @property
     def from_(self) -> NameAddr:
-        return _required_name_addr(self.headers, "From")
+        value = self._from
+        if value is None:
+            value = self._from = _required_name_addr(self.headers, "From")
+        return value
 
-    @parsed_view
+    @property
     def to(self) -> NameAddr:
-        return _required_name_addr(self.headers, "To")
+        value = self._to
+        if value is None:
+            value = self._to = _required_name_addr(self.headers, "To")
+        return value
 
     @property
     def from_tag(self) -> str | None:
@@ -269,13 +279,19 @@ class _Message:
     def to_tag(self) -> str | None:
         return self.to.tag
 
-    @parsed_view
+    @property
     def contacts(self) -> list[NameAddr]:
-        return [parse_name_addr(v) for v in self.headers.values("Contact")]
+        value = self._contacts
+        if value is None:
+            value = self._contacts = [parse_name_addr(v) for v in self.headers.values("Contact")]
+        return value
 
-    @parsed_view
+    @property
     def record_route(self) -> list[NameAddr]:
-        return [parse_name_addr(v) for v in self.headers.values("Record-Route")]
+        value = self._record_route
+        if value is None:
+            value = self._record_route = [parse_name_addr(v) for v in self.headers.values("Record-Route")]
+        return value
 
     def option_tags(self, name: str) -> list[str]:
         """Require / Supported / Proxy-Require / Unsupported as lower-case tokens."""
@@ -293,20 +309,12 @@ class _Message:
         transaction's request while it waits out Timer J/L/M. The views are a dozen small objects
         each, which cost memory per call and, worse, time in every pass of the cycle collector.
         The Call-ID (a plain string) stays."""
-        parsed = self.__dict__
-        for name in _SHED_VIEWS:
-            parsed.pop(name, None)
+        self._vias = self._cseq = self._from = self._to = None
+        self._contacts = self._record_route = None
 
     def with_headers(self, headers: Headers) -> Self:
-        # What `dataclasses.replace` does, without its walk over the fields' metadata and the
-        # __init__ call (several microseconds; a message is re-headered a few times a call):
-        # copy the fields (the dataclass lists them in `__match_args__`), not the parsed views.
-        new = object.__new__(type(self))
-        src, dst = self.__dict__, new.__dict__
-        for name in self.__match_args__:  # type: ignore[attr-defined]
-            dst[name] = src[name]
-        dst["headers"] = headers
-        return new
+        """The same message with other headers, and none of the views parsed."""
+        raise NotImplementedError
 
     def with_top_via(self, via: Via) -> Self:
         """The same message with its top Via replaced (RFC 3581 stamping on receipt).
@@ -314,14 +322,11 @@ class _Message:
         Keeps every structured view already parsed (From, To, CSeq, Call-ID...): only Via changed,
         so parsing the rest again, once per received request, would be wasted work.
         """
-        headers = self.headers.pop_first_value("Via").add("Via", str(via), first=True)
-        new = self.with_headers(headers)
-        parsed = self.__dict__
-        for name in _PARSED_VIEWS:
-            if name in parsed:
-                new.__dict__[name] = parsed[name]
-        if "vias" in parsed:
-            new.__dict__["vias"] = [via, *parsed["vias"][1:]]
+        new = self.with_headers(self.headers.pop_first_value("Via").add("Via", str(via), first=True))
+        new._cseq, new._call_id, new._from, new._to = self._cseq, self._call_id, self._from, self._to
+        new._contacts, new._record_route = self._contacts, self._record_route
+        if self._vias is not None:
+            new._vias = [via, *self._vias[1:]]
         return new
 
     def _serialize(self, start_line: str) -> bytes:
@@ -332,11 +337,6 @@ class _Message:
         return head.encode("utf-8", "surrogateescape") + self.body
 
 
-# Every cached structured view. `with_top_via` carries over those that do not depend on Via;
-# `shed` forgets all but the Call-ID (a plain string, and the key most lookups use).
-_VIEWS = tuple(name for name, value in vars(_Message).items() if isinstance(value, _parsed_view))
-_PARSED_VIEWS = tuple(name for name in _VIEWS if name != "vias")
-_SHED_VIEWS = tuple(name for name in _VIEWS if name != "call_id")
 _SKELETON_KEYS = frozenset(_key(name) for name in ("From", "To", "Call-ID", "CSeq"))
 
 
@@ -347,13 +347,17 @@ def _required_name_addr(headers: Headers, name: str) -> NameAddr:
     return parse_name_addr(v)
 
 
-@dataclass(frozen=True, eq=False)
 class Request(_Message):
-    method: str
-    uri: Uri
-    headers: Headers
-    body: bytes = b""
-    version: str = SIP_VERSION
+    __slots__ = ("method", "uri")
+
+    def __init__(self, method: str, uri: Uri, headers: Headers, body: bytes = b"",
+                 version: str = SIP_VERSION) -> None:
+        self.method: Final = method
+        self.uri: Final = uri
+        super().__init__(headers, body, version)
+
+    def with_headers(self, headers: Headers) -> Request:
+        return Request(self.method, self.uri, headers, self.body, self.version)
 
     def serialize(self) -> bytes:
         return self._serialize(f"{self.method} {self.uri} {self.version}")
@@ -375,20 +379,24 @@ class Request(_Message):
         over, for the call's whole life (a few hundred bytes of a kilobyte or two)."""
         h = self.headers
         kept = [i for i, key in enumerate(h._keys) if key in _SKELETON_KEYS]
-        return Request(self.method, self.uri, Headers._trusted(
+        return Request(self.method, self.uri, trusted_headers(
             [h._names[i] for i in kept], [h._values[i] for i in kept], [h._keys[i] for i in kept]))
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.uri}>"
 
 
-@dataclass(frozen=True, eq=False)
 class Response(_Message):
-    status: int
-    reason: str
-    headers: Headers
-    body: bytes = b""
-    version: str = SIP_VERSION
+    __slots__ = ("status", "reason")
+
+    def __init__(self, status: int, reason: str, headers: Headers, body: bytes = b"",
+                 version: str = SIP_VERSION) -> None:
+        self.status: Final = status
+        self.reason: Final = reason
+        super().__init__(headers, body, version)
+
+    def with_headers(self, headers: Headers) -> Response:
+        return Response(self.status, self.reason, headers, self.body, self.version)
 
     def serialize(self) -> bytes:
         return self._serialize(f"{self.version} {self.status} {self.reason}")

@@ -13,6 +13,7 @@ the property tests feed it garbage to keep that true.
 from __future__ import annotations
 
 import re
+from typing import ClassVar
 
 from .headers import HeaderError
 from .message import SIP_VERSION, Headers, Request, Response
@@ -190,11 +191,13 @@ def _parse_request(start: str, headers: Headers, body: bytes, header_error: str,
         # Not recognisably a request at all: nothing to answer.
         raise ParseError("Malformed request line", kind="request-line", detail=repr(start[:60]))
     uri_error = ""
+    # Each `except ... as` below has a name of its own: compiled (b2bua/native.py), a variable
+    # keeps one type for the whole function, so a UriError name cannot later hold a HeaderError.
     if not line_error:
         try:
             uri = parse_uri(uri_text)
-        except UriError as exc:
-            uri, uri_error = _PLACEHOLDER_URI, str(exc)
+        except UriError as bad_uri:
+            uri, uri_error = _PLACEHOLDER_URI, str(bad_uri)
     else:
         uri = _PLACEHOLDER_URI
     req = Request(method, uri, headers, body, SIP_VERSION)
@@ -203,8 +206,8 @@ def _parse_request(start: str, headers: Headers, body: bytes, header_error: str,
     try:
         if not req.vias:
             raise HeaderError("missing Via")
-    except (HeaderError, UriError) as exc:
-        raise ParseError("Unanswerable request", kind="via", detail=str(exc)) from None
+    except (HeaderError, UriError) as via_error:
+        raise ParseError("Unanswerable request", kind="via", detail=str(via_error)) from None
 
     # An ACK is never answered (RFC 3261 §17.1.1.3); a malformed one is dropped and counted.
     answer_with = None if method == "ACK" else req
@@ -239,17 +242,17 @@ def _parse_request(start: str, headers: Headers, body: bytes, header_error: str,
             raise fail(f"Multiple {name} headers", "header")
     try:
         req.call_id  # noqa: B018
-    except HeaderError as exc:
-        raise fail("Malformed Call-ID header", "header", str(exc)) from None
+    except HeaderError as id_error:
+        raise fail("Malformed Call-ID header", "header", str(id_error)) from None
     for name in ("From", "To"):
         try:
             getattr(req, "from_" if name == "From" else "to")
-        except (HeaderError, UriError) as exc:
-            raise fail(f"Malformed {name} header", "header", str(exc)) from None
+        except (HeaderError, UriError) as addr_error:
+            raise fail(f"Malformed {name} header", "header", str(addr_error)) from None
     try:
         cseq = req.cseq
-    except HeaderError as exc:
-        raise fail("Malformed CSeq header", "cseq", str(exc)) from None
+    except HeaderError as cseq_error:
+        raise fail("Malformed CSeq header", "cseq", str(cseq_error)) from None
     if cseq.method != method:
         raise fail("CSeq method does not match request method", "cseq")
     if mf_count:
@@ -271,7 +274,7 @@ class StreamFramer:
     returned as `KEEPALIVE_PING` so the transport can answer it with a CRLF pong.
     """
 
-    KEEPALIVE_PING = b"\r\n\r\n"
+    KEEPALIVE_PING: ClassVar[bytes] = b"\r\n\r\n"
 
     def __init__(self, max_message_size: int = 65535) -> None:
         self._buf = bytearray()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from b2bua import native
 from b2bua.sip.headers import HeaderError
 from b2bua.sip.message import Headers, Request, Response, build_response, reason_for
 from b2bua.sip.uri import parse_uri
@@ -144,15 +147,31 @@ def test_with_headers_is_a_new_message() -> None:
     _ = r.vias
     r2 = r.with_headers(r.headers.pop_first_value("Via"))
     assert r2.top_via.host == "b.example" and r.top_via.host == "a.example"
-    with pytest.raises(AttributeError):
-        r.method = "BYE"  # type: ignore[misc]
-    with pytest.raises(AttributeError):
-        r2.method = "BYE"  # type: ignore[misc]
+    if native.state() == "compiled":  # Final attributes are read-only in the compiled build
+        with pytest.raises(AttributeError):
+            r.method = "BYE"  # type: ignore[misc]
+        with pytest.raises(AttributeError):
+            r2.method = "BYE"  # type: ignore[misc]
     assert (r2.method, r2.uri, r2.body, r2.version) == (r.method, r.uri, r.body, r.version)
     resp = Response(183, "Session Progress", make_headers(), b"v=0\r\n")
     resp2 = resp.with_headers(Headers([("Via", "SIP/2.0/UDP c.example")]))
     assert (resp2.status, resp2.reason, resp2.body) == (183, "Session Progress", b"v=0\r\n")
     assert type(resp2) is Response and resp2.top_via.host == "c.example"
+
+
+def test_mypy_refuses_to_change_a_message(tmp_path) -> None:
+    """From source a message's fields can be assigned at run time; mypy (make lint) refuses it."""
+    api = pytest.importorskip("mypy.api")
+    (tmp_path / "mypy.ini").write_text(f"[mypy]\nmypy_path = {Path(__file__).resolve().parents[2]}\n"
+                                       "follow_imports = silent\n")
+    (tmp_path / "change.py").write_text(
+        "from b2bua.sip.message import Request, Response\n"
+        "def f(r: Request, s: Response) -> None:\n"
+        "    r.method = 'BYE'\n    r.headers = s.headers\n    s.status = 500\n    s.body = b''\n")
+    out, err, status = api.run(["--config-file", str(tmp_path / "mypy.ini"), "--no-incremental",
+                                str(tmp_path / "change.py")])
+    assert status == 1, out + err
+    assert out.count("Cannot assign to final attribute") == 4, out
 
 
 def test_build_response() -> None:
