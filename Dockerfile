@@ -13,7 +13,7 @@ COPY rtp_relay ./rtp_relay
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/b2bua/venv && /opt/b2bua/venv/bin/pip install --no-cache-dir '.[native]' \
     && /opt/b2bua/venv/bin/python -m b2bua.native build \
-    && rm -rf /opt/b2bua/venv/native/src /opt/b2bua/venv/native/tmp
+    && rm -rf /opt/b2bua/venv/native/src /opt/b2bua/venv/native/tmp /opt/b2bua/venv/native/tree
 
 FROM python:3.11-slim-bookworm
 RUN useradd --system --no-create-home b2bua

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -91,10 +92,19 @@ def build(directory: Path) -> None:
     from setuptools import Distribution
 
     directory.mkdir(parents=True, exist_ok=True)
-    root = PACKAGE_DIR.parent
-    sources = [str(source_of(m).relative_to(root)) for m in MODULES]
+    # mypyc names modules after their paths relative to the working directory, and type-checks
+    # what it finds there: build in a tree holding only what it compiles (the package's own
+    # directory may be site-packages, full of other modules).
+    tree = directory / "tree"
+    shutil.rmtree(tree, ignore_errors=True)
+    (tree / "b2bua" / "sip").mkdir(parents=True)
+    for package in ("b2bua", "b2bua/sip"):  # empty: the compiled modules need only each other
+        (tree / package / "__init__.py").write_text("")
+    for module in MODULES:
+        shutil.copyfile(source_of(module), tree / source_of(module).relative_to(PACKAGE_DIR.parent))
+    sources = [str(source_of(m).relative_to(PACKAGE_DIR.parent)) for m in MODULES]
     cwd = Path.cwd()
-    os.chdir(root)  # mypyc names modules after their paths relative to the working directory
+    os.chdir(tree)
     try:
         modules = mypycify(sources, opt_level="3", target_dir=str(directory / "src"))
         dist = Distribution({"name": "b2bua-native", "ext_modules": modules})
