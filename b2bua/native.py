@@ -100,8 +100,12 @@ def build(directory: Path) -> None:
     (tree / "b2bua" / "sip").mkdir(parents=True)
     for package in ("b2bua", "b2bua/sip"):  # empty: the compiled modules need only each other
         (tree / package / "__init__.py").write_text("")
+    digests = {}
     for module in MODULES:
-        shutil.copyfile(source_of(module), tree / source_of(module).relative_to(PACKAGE_DIR.parent))
+        # The manifest hashes the very bytes compiled: a source edited during the build reads stale.
+        data = source_of(module).read_bytes()
+        (tree / source_of(module).relative_to(PACKAGE_DIR.parent)).write_bytes(data)
+        digests[module] = hashlib.sha256(data).hexdigest()
     sources = [str(source_of(m).relative_to(PACKAGE_DIR.parent)) for m in MODULES]
     cwd = Path.cwd()
     os.chdir(tree)
@@ -115,7 +119,7 @@ def build(directory: Path) -> None:
         cmd.run()
     finally:
         os.chdir(cwd)
-    manifest = {"interpreter": _interpreter(), "sources": {m: _digest(source_of(m)) for m in MODULES}}
+    manifest = {"interpreter": _interpreter(), "sources": digests}
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
 

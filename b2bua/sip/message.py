@@ -313,7 +313,8 @@ class _Message:
         self._contacts = self._record_route = None
 
     def with_headers(self, headers: Headers) -> Self:
-        """The same message with other headers, and none of the views parsed."""
+        """The same message with other headers, and none of the views parsed. Request and Response
+        each build their own kind; `_Message` itself is never made."""
         raise NotImplementedError
 
     def with_top_via(self, via: Via) -> Self:
