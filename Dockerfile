@@ -8,11 +8,11 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY b2bua ./b2bua
 COPY rtp_relay ./rtp_relay
-# gcc for the compiled parsing core (b2bua/native.py: mypyc, into /opt/b2bua/venv/native); the
+# gcc for the compiled SIP stack (b2bua/native.py: mypyc, into /opt/b2bua/venv/native); the
 # runtime image needs no compiler. Without it the daemon would run the same modules from source.
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/b2bua/venv && /opt/b2bua/venv/bin/pip install --no-cache-dir '.[native]' \
-    && /opt/b2bua/venv/bin/python -m b2bua.native build \
+    && /opt/b2bua/venv/bin/python -m b2bua.native_build \
     && rm -rf /opt/b2bua/venv/native/src /opt/b2bua/venv/native/tmp /opt/b2bua/venv/native/tree
 
 FROM python:3.11-slim-bookworm

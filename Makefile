@@ -8,14 +8,14 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TSTAMP := $(VENV)/.installed-test
 NSTAMP := $(VENV)/native/manifest.json
-# The modules b2bua/native.py compiles; the build is redone whenever one of them changes.
-NATIVE_SRC := b2bua/native.py b2bua/sip/uri.py b2bua/sip/headers.py b2bua/sip/message.py b2bua/sip/parser.py
+# What the compiled build depends on (b2bua/native.py): any change to a source redoes it.
+NATIVE_SRC := $(shell find b2bua rtp_relay -name "*.py")
 ARGS   ?=
 
 .PHONY: run test install install-test lint typecheck clean system-deps bench
 
 # Debian packages the quick start relies on: venv support, a C compiler and the Python headers
-# for the compiled parsing core; SIPp and rtpengine for the tests.
+# for the compiled SIP stack; SIPp and rtpengine for the tests.
 system-deps:
 	@./deploy/ensure-debian-packages.sh python3-venv gcc python3-dev
 
@@ -26,11 +26,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[native]'
 	@touch $@
 
-# The compiled parsing core (b2bua/native.py). A failed build is reported, not fatal: the daemon
+# The compiled SIP stack (b2bua/native.py). A failed build is reported, not fatal: the daemon
 # then runs the same modules from source, and says so in its `started` log line.
 $(NSTAMP): $(STAMP) $(NATIVE_SRC)
-	@$(PY) -m b2bua.native build >/dev/null 2>$(VENV)/native-build.log \
-	  || echo "warning: could not compile the parsing core (see $(VENV)/native-build.log); running it from source" >&2
+	@$(PY) -m b2bua.native_build >/dev/null 2>$(VENV)/native-build.log \
+	  || echo "warning: could not compile the SIP stack (see $(VENV)/native-build.log); running it from source" >&2
 
 $(TSTAMP): $(STAMP) pyproject.toml
 	@./deploy/ensure-debian-packages.sh sip-tester rtpengine-daemon

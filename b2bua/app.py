@@ -166,7 +166,7 @@ class Daemon:
         self.log.info("started", listen=s.sip.listen, transports=s.sip.transports,
                       next_hop=s.routing.next_hop, http=s.http.listen,
                       media_relays=s.media.relays if s.media.enabled else "off",
-                      allocator=allocator.current(), parsing_core=native.state())
+                      allocator=allocator.current(), native=native.state())
         await self._stopping.wait()
         await self._drain()
         old_generation.stop()

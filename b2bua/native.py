@@ -1,35 +1,55 @@
-"""The SIP parsing core compiled to C with mypyc, used only while it matches the sources.
+"""The SIP stack's hot modules compiled to C with mypyc, used only while the build matches the sources.
 
-How this works: `python -m b2bua.native build` (run by `make install` and the Dockerfile) compiles
-the modules in `MODULES` (URI, header and message model, parser: about half of the daemon's work
-per message) with mypyc into a directory of their own, `<venv>/native` (`B2BUA_NATIVE_DIR`
-overrides it), beside a manifest holding the SHA-256 of each source. The source tree never holds
-a compiled file. At import, `b2bua/sip/__init__.py` calls `activate`: when the manifest names the
-running interpreter and every hash still matches, the package's search path gets the compiled
-directory first and Python loads the compiled modules; otherwise the sources run, and `state()`
-says why (not built, a source changed since the build, `B2BUA_NATIVE=0`). So an edited source is
-never shadowed by an old build, and a machine without a C compiler runs the same code, slower.
+How this works: `python -m b2bua.native_build` (run by `make install` and the Dockerfile) compiles
+the modules in `MODULES` (the SIP parser and message model, transactions, dialogs, the timer heap
+and the SDP handling every call goes through: most of the daemon's work per message) with mypyc
+into a directory of their own, `<venv>/native` (`B2BUA_NATIVE_DIR` overrides it), beside a
+manifest holding the SHA-256 of every source of the two packages (the compiled modules were
+type-checked against all of them). The source tree never holds a compiled file. When `b2bua` or
+`rtp_relay` is imported, `install` checks the manifest: when it names the running interpreter and
+every hash still matches, an import finder placed first hands out the compiled modules, all of
+them or none (they call each other in C, so a mix of compiled and source classes would not
+work); otherwise the sources run, and `state()` says why (not built, a source changed since the
+build, `B2BUA_NATIVE=0`). So an edited source is never shadowed by an old build, and a machine
+without a C compiler runs the same code, slower.
 
 The compiled modules are the same source, type-checked by mypy: the sources must stay within what
-mypyc compiles (no `cls.__new__`, no instance `__dict__` tricks), and `Final` attributes are
-read-only at run time in the compiled build. Measured on the benchmark machine: 4.65 M -> 3.02 M
-instructions per in-process call (callgrind), 3.41 M -> 2.48 M per call in the daemon.
+mypyc compiles (no `cls.__new__`, no instance `__dict__` tricks, no multiple assignment in a class
+body, exceptions derived from Exception or ValueError), and `Final` attributes are read-only at run
+time in the compiled build. Measured on the benchmark machine (callgrind, the daemon under SIPp):
+3.41 M instructions per call from source, 2.48 M with the parser compiled, 2.27 M with the
+transaction layer, dialogs and timers too.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
+import importlib.util
 import json
 import os
-import shutil
 import sys
+from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
 from pathlib import Path
+from types import ModuleType
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent  # holds the packages b2bua and rtp_relay
+PACKAGES = ("b2bua", "rtp_relay")
 # Compiled together (mypyc calls between them in C); all or none are used.
-MODULES = ("b2bua.sip.uri", "b2bua.sip.headers", "b2bua.sip.message", "b2bua.sip.parser")
+MODULES = (
+    "b2bua.sip.uri",
+    "b2bua.sip.headers",
+    "b2bua.sip.message",
+    "b2bua.sip.parser",
+    "b2bua.sip.address",
+    "b2bua.sip.scheduler",
+    "b2bua.sip.dialog",
+    "b2bua.sip.transaction",
+    "rtp_relay.sdp",
+    "b2bua.media.leg_sdp",
+)
 MANIFEST = "manifest.json"
-
 _state: str | None = None
 
 
@@ -38,7 +58,16 @@ def native_dir() -> Path:
 
 
 def source_of(module: str) -> Path:
-    return PACKAGE_DIR.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    return ROOT.joinpath(*module.split(".")).with_suffix(".py")
+
+
+def sources() -> list[Path]:
+    """Every source the build depends on: the compiled modules and what they were checked against."""
+    return sorted(path for package in PACKAGES for path in (ROOT / package).rglob("*.py"))
+
+
+def _name(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
 
 
 def _digest(path: Path) -> str:
@@ -60,16 +89,42 @@ def check(directory: Path) -> str:
         return f"unreadable manifest: {exc}"
     if manifest.get("interpreter") != _interpreter():
         return f"built for {manifest.get('interpreter')}, running {_interpreter()}"
-    sources = manifest.get("sources", {})
-    for module in MODULES:
-        if sources.get(module) != _digest(source_of(module)):
-            return f"stale: {source_of(module).name} changed since the build"
+    if manifest.get("modules") != list(MODULES):
+        return "stale: built for another list of modules"
+    built = manifest.get("sources", {})
+    current = sources()
+    for path in current:
+        if built.get(_name(path)) != _digest(path):
+            return f"stale: {_name(path)} changed since the build"
+    if len(built) != len(current):
+        return "stale: a source was removed since the build"
     return "compiled"
 
 
-def activate(package_path: list[str]) -> None:
-    """Put the compiled `b2bua.sip` first on the package's search path, if it may be used."""
+class CompiledFinder:
+    """Finds the compiled build of the modules in MODULES (and nothing else) in `directory`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
+                  target: ModuleType | None = None) -> ModuleSpec | None:
+        if fullname not in MODULES:
+            return None
+        *packages, name = fullname.split(".")
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            candidate = self.directory.joinpath(*packages, name + suffix)
+            if candidate.is_file():
+                return importlib.util.spec_from_file_location(fullname, candidate)
+        return None
+
+
+def install() -> None:
+    """Decide once per process whether the compiled modules are used; if so, put their finder
+    first. Called by the `__init__` of both packages, before any compiled module is imported."""
     global _state
+    if _state is not None:
+        return
     if os.environ.get("B2BUA_NATIVE", "1") == "0":
         _state = "off (B2BUA_NATIVE=0)"
         return
@@ -78,63 +133,9 @@ def activate(package_path: list[str]) -> None:
     if _state == "compiled":
         if str(directory) not in sys.path:
             sys.path.append(str(directory))  # mypyc's shared runtime module lives at the top
-        package_path.insert(0, str(directory / "b2bua" / "sip"))
+        sys.meta_path.insert(0, CompiledFinder(directory))
 
 
 def state() -> str:
-    """How the parsing core runs: "compiled", or why it runs from source."""
+    """How the compiled modules run: "compiled", or why the sources run instead."""
     return _state or "not imported"
-
-
-def build(directory: Path) -> None:
-    """Compile MODULES into `directory` and write the manifest (needs mypy and a C compiler)."""
-    from mypyc.build import mypycify  # build-time only
-    from setuptools import Distribution
-
-    directory.mkdir(parents=True, exist_ok=True)
-    # mypyc names modules after their paths relative to the working directory, and type-checks
-    # what it finds there: build in a tree holding only what it compiles (the package's own
-    # directory may be site-packages, full of other modules).
-    tree = directory / "tree"
-    shutil.rmtree(tree, ignore_errors=True)
-    (tree / "b2bua" / "sip").mkdir(parents=True)
-    for package in ("b2bua", "b2bua/sip"):  # empty: the compiled modules need only each other
-        (tree / package / "__init__.py").write_text("")
-    digests = {}
-    for module in MODULES:
-        # The manifest hashes the very bytes compiled: a source edited during the build reads stale.
-        data = source_of(module).read_bytes()
-        (tree / source_of(module).relative_to(PACKAGE_DIR.parent)).write_bytes(data)
-        digests[module] = hashlib.sha256(data).hexdigest()
-    sources = [str(source_of(m).relative_to(PACKAGE_DIR.parent)) for m in MODULES]
-    cwd = Path.cwd()
-    os.chdir(tree)
-    try:
-        modules = mypycify(sources, opt_level="3", target_dir=str(directory / "src"))
-        dist = Distribution({"name": "b2bua-native", "ext_modules": modules})
-        cmd = dist.get_command_obj("build_ext")
-        setattr(cmd, "build_lib", str(directory))  # noqa: B010 - typed differently across setuptools
-        setattr(cmd, "build_temp", str(directory / "tmp"))  # noqa: B010
-        cmd.ensure_finalized()
-        cmd.run()
-    finally:
-        os.chdir(cwd)
-    manifest = {"interpreter": _interpreter(), "sources": digests}
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["build"]:
-        build(native_dir())
-        print(f"b2bua.native: compiled {', '.join(MODULES)} into {native_dir()}")
-        return 0
-    if args[:1] == ["status"]:
-        print(check(native_dir()))
-        return 0
-    print("usage: python -m b2bua.native build|status", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -70,16 +70,37 @@ class TimerConfig:
     def b(self) -> float:  # = F = H = J = L = M
         return 64 * self.t1
 
-    f = h = j = l = m = b  # noqa: E741 - RFC timer names
+    # The aliases are spelled out: the compiled build (b2bua/native.py) takes no `f = b` in a class.
+    @property
+    def f(self) -> float:
+        return self.b
+
+    @property
+    def h(self) -> float:
+        return self.b
+
+    @property
+    def j(self) -> float:
+        return self.b
+
+    @property
+    def l(self) -> float:  # noqa: E743 - RFC timer name
+        return self.b
+
+    @property
+    def m(self) -> float:
+        return self.b
 
     @property
     def i(self) -> float:  # = K
         return self.t4
 
-    k = i
+    @property
+    def k(self) -> float:
+        return self.t4
 
 
-class TransactionError(RuntimeError):
+class TransactionError(Exception):  # not RuntimeError: compiled classes cannot derive from it
     """The TU asked for something a transaction cannot do in its state (a bug above us)."""
 
 

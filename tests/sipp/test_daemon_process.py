@@ -1,5 +1,5 @@
 """The daemon process: on the C library's malloc, its relay on pymalloc (b2bua/allocator.py), its
-parsing core compiled when the build matches the sources (b2bua/native.py), and the SIP UDP
+hot modules compiled when the build matches the sources (b2bua/native.py), and the SIP UDP
 receive buffer it asks the kernel for (b2bua/transport/udp.py)."""
 
 from __future__ import annotations
@@ -51,21 +51,26 @@ def test_an_allocator_the_operator_names_is_kept(start_daemon, needs_daemon):
     assert started_line(daemon)["allocator"] == "pymalloc"
 
 
-def test_the_daemon_runs_the_compiled_parsing_core_when_it_is_built(start_daemon, needs_daemon):
+def test_the_daemon_and_its_relay_run_the_compiled_modules_when_they_are_built(start_daemon, needs_daemon):
     from b2bua import native
 
     if native.check(native.native_dir()) != "compiled":
         pytest.skip(f"no usable build here: {native.check(native.native_dir())}")
     daemon = start_daemon()
-    assert started_line(daemon)["parsing_core"] == "compiled"
-    maps = Path(f"/proc/{daemon.proc.pid}/maps").read_text()
-    assert str(native.native_dir() / "b2bua" / "sip" / "parser.") in maps
+    assert started_line(daemon)["native"] == "compiled"
+    # One library holds every compiled module; a module imported by another compiled one is
+    # set up inside it, without its own small loader library.
+    for pid, loader in ((daemon.proc.pid, "b2bua/sip/parser."), (relay_pid(daemon.proc.pid), "rtp_relay/sdp.")):
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert str(native.native_dir() / loader) in maps
+        assert "__mypyc." in maps and str(native.native_dir()) in maps
 
 
-def test_b2bua_native_0_runs_the_parsing_core_from_source(start_daemon, needs_daemon):
+def test_b2bua_native_0_runs_the_sources(start_daemon, needs_daemon):
     daemon = start_daemon(env={"B2BUA_NATIVE": "0"})
-    assert started_line(daemon)["parsing_core"] == "off (B2BUA_NATIVE=0)"
+    assert started_line(daemon)["native"] == "off (B2BUA_NATIVE=0)"
     assert "/b2bua/sip/parser." not in Path(f"/proc/{daemon.proc.pid}/maps").read_text()
+    assert "/rtp_relay/sdp." not in Path(f"/proc/{relay_pid(daemon.proc.pid)}/maps").read_text()
 
 
 def test_a_capped_receive_buffer_is_reported(start_daemon, needs_daemon):

@@ -1,7 +1,8 @@
-"""b2bua/native.py: a compiled parsing core is used only while it matches the sources."""
+"""b2bua/native.py: the compiled modules are used only while the build matches the sources."""
 
 from __future__ import annotations
 
+import importlib.machinery
 import json
 import sys
 from pathlib import Path
@@ -10,16 +11,31 @@ from b2bua import native
 
 
 def write_manifest(directory: Path, **changes: object) -> None:
-    manifest = {"interpreter": native._interpreter(),
-                "sources": {m: native._digest(native.source_of(m)) for m in native.MODULES}}
+    manifest = {"interpreter": native._interpreter(), "modules": list(native.MODULES),
+                "sources": {native._name(p): native._digest(p) for p in native.sources()}}
     manifest.update(changes)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / native.MANIFEST).write_text(json.dumps(manifest))
 
 
+def fresh_process_state(monkeypatch, directory: Path, native_env: str | None = None) -> list:
+    """As if no module of ours had been imported yet: `install` decides again."""
+    monkeypatch.setenv("B2BUA_NATIVE_DIR", str(directory))
+    if native_env is None:
+        monkeypatch.delenv("B2BUA_NATIVE", raising=False)
+    else:
+        monkeypatch.setenv("B2BUA_NATIVE", native_env)
+    monkeypatch.setattr(native, "_state", None)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    meta_path = [finder for finder in sys.meta_path if not isinstance(finder, native.CompiledFinder)]
+    monkeypatch.setattr(sys, "meta_path", meta_path)
+    return meta_path
+
+
 def test_every_compiled_module_has_its_source() -> None:
     for module in native.MODULES:
         assert native.source_of(module).is_file(), module
+        assert native.source_of(module) in native.sources()
 
 
 def test_a_build_of_the_current_sources_is_used(tmp_path: Path) -> None:
@@ -34,9 +50,35 @@ def test_no_build_means_source(tmp_path: Path) -> None:
 def test_a_changed_source_means_source(tmp_path: Path) -> None:
     write_manifest(tmp_path)
     manifest = json.loads((tmp_path / native.MANIFEST).read_text())
-    manifest["sources"]["b2bua.sip.parser"] = "0" * 64
+    manifest["sources"]["b2bua/sip/parser.py"] = "0" * 64
     (tmp_path / native.MANIFEST).write_text(json.dumps(manifest))
-    assert native.check(tmp_path) == "stale: parser.py changed since the build"
+    assert native.check(tmp_path) == "stale: b2bua/sip/parser.py changed since the build"
+
+
+def test_a_change_to_a_module_the_build_was_checked_against_means_source(tmp_path: Path) -> None:
+    # call.py is not compiled, but the compiled modules were type-checked against it
+    write_manifest(tmp_path)
+    manifest = json.loads((tmp_path / native.MANIFEST).read_text())
+    manifest["sources"]["b2bua/call/call.py"] = "0" * 64
+    (tmp_path / native.MANIFEST).write_text(json.dumps(manifest))
+    assert native.check(tmp_path) == "stale: b2bua/call/call.py changed since the build"
+
+
+def test_a_new_or_removed_source_means_source(tmp_path: Path) -> None:
+    write_manifest(tmp_path)
+    manifest = json.loads((tmp_path / native.MANIFEST).read_text())
+    del manifest["sources"]["b2bua/trim.py"]
+    (tmp_path / native.MANIFEST).write_text(json.dumps(manifest))
+    assert native.check(tmp_path) == "stale: b2bua/trim.py changed since the build"
+    manifest["sources"]["b2bua/trim.py"] = native._digest(native.ROOT / "b2bua" / "trim.py")
+    manifest["sources"]["b2bua/gone.py"] = "0" * 64
+    (tmp_path / native.MANIFEST).write_text(json.dumps(manifest))
+    assert native.check(tmp_path) == "stale: a source was removed since the build"
+
+
+def test_a_build_of_another_module_list_means_source(tmp_path: Path) -> None:
+    write_manifest(tmp_path, modules=["b2bua.sip.parser"])
+    assert native.check(tmp_path) == "stale: built for another list of modules"
 
 
 def test_a_build_for_another_interpreter_means_source(tmp_path: Path) -> None:
@@ -49,42 +91,51 @@ def test_a_broken_manifest_means_source(tmp_path: Path) -> None:
     assert native.check(tmp_path).startswith("unreadable manifest")
 
 
-def test_activate_puts_a_usable_build_first(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("B2BUA_NATIVE_DIR", str(tmp_path))
-    monkeypatch.delenv("B2BUA_NATIVE", raising=False)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.setattr(native, "_state", None)
+def test_install_puts_a_finder_of_a_usable_build_first(tmp_path: Path, monkeypatch) -> None:
+    meta_path = fresh_process_state(monkeypatch, tmp_path)
     write_manifest(tmp_path)
-    path = ["/src/b2bua/sip"]
-    native.activate(path)
-    assert path == [str(tmp_path / "b2bua" / "sip"), "/src/b2bua/sip"]
+    native.install()
     assert native.state() == "compiled" and str(tmp_path) in sys.path
+    finder = meta_path[0]
+    assert isinstance(finder, native.CompiledFinder)
+    native.install()  # once per process
+    assert sum(isinstance(f, native.CompiledFinder) for f in meta_path) == 1
 
 
-def test_activate_leaves_a_stale_build_alone(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("B2BUA_NATIVE_DIR", str(tmp_path))
-    monkeypatch.delenv("B2BUA_NATIVE", raising=False)
-    monkeypatch.setattr(native, "_state", None)
+def test_the_finder_hands_out_compiled_modules_only(tmp_path: Path) -> None:
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    (tmp_path / "rtp_relay").mkdir()
+    (tmp_path / "rtp_relay" / f"sdp{suffix}").write_bytes(b"")
+    (tmp_path / "rtp_relay" / f"session{suffix}").write_bytes(b"")  # not in MODULES
+    finder = native.CompiledFinder(tmp_path)
+    spec = finder.find_spec("rtp_relay.sdp")
+    assert spec is not None and spec.origin == str(tmp_path / "rtp_relay" / f"sdp{suffix}")
+    assert finder.find_spec("rtp_relay.session") is None
+    assert finder.find_spec("b2bua.sip.parser") is None  # in MODULES, but not in this directory
+
+
+def test_install_leaves_a_stale_build_alone(tmp_path: Path, monkeypatch) -> None:
+    meta_path = fresh_process_state(monkeypatch, tmp_path)
     write_manifest(tmp_path, sources={})
-    path = ["/src/b2bua/sip"]
-    native.activate(path)
-    assert path == ["/src/b2bua/sip"] and native.state().startswith("stale")
+    native.install()
+    assert native.state().startswith("stale")
+    assert not any(isinstance(f, native.CompiledFinder) for f in meta_path)
 
 
 def test_b2bua_native_0_turns_it_off(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("B2BUA_NATIVE_DIR", str(tmp_path))
-    monkeypatch.setenv("B2BUA_NATIVE", "0")
-    monkeypatch.setattr(native, "_state", None)
+    meta_path = fresh_process_state(monkeypatch, tmp_path, native_env="0")
     write_manifest(tmp_path)
-    path = ["/src/b2bua/sip"]
-    native.activate(path)
-    assert path == ["/src/b2bua/sip"] and native.state() == "off (B2BUA_NATIVE=0)"
+    native.install()
+    assert native.state() == "off (B2BUA_NATIVE=0)"
+    assert not any(isinstance(f, native.CompiledFinder) for f in meta_path)
 
 
-def test_this_run_reports_how_the_parsing_core_runs() -> None:
-    import b2bua.sip.parser as parser
+def test_this_run_uses_all_compiled_modules_or_none() -> None:
+    import importlib
 
-    compiled = not parser.__file__.endswith(".py")
-    assert (native.state() == "compiled") == compiled
+    files = {m: importlib.import_module(m).__file__ or "" for m in native.MODULES}
+    compiled = {m for m, f in files.items() if not f.endswith(".py")}
+    assert compiled in (set(), set(native.MODULES)), files
+    assert (native.state() == "compiled") == bool(compiled)
     if compiled:  # the build the suite runs on is the one make installed, of these sources
-        assert Path(parser.__file__).is_relative_to(native.native_dir())
+        assert all(Path(f).is_relative_to(native.native_dir()) for f in files.values())
