@@ -48,6 +48,11 @@ MODULES = (
     "b2bua.sip.transaction",
     "rtp_relay.sdp",
     "b2bua.media.leg_sdp",
+    "b2bua.call.sdp_path",
+    "b2bua.call.header_policy",
+    "b2bua.call.outgoing_invite",
+    "b2bua.call.small_tables",
+    "b2bua.core",
 )
 MANIFEST = "manifest.json"
 _state: str | None = None

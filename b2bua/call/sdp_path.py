@@ -98,13 +98,16 @@ class SdpPath:
                     then(None, None)
                     continue
                 self._waiting = True
-                self._sync_reply = None
                 op(self._reply)
                 self._waiting = False
-                if self._sync_reply is None:
+                # Taken and cleared in one go, never set to None just before `op`: mypy would
+                # take the attribute to be still None after that call, and the compiled build
+                # (b2bua/native.py) trusts mypy's types.
+                reply, self._sync_reply = self._sync_reply, None
+                if reply is None:
                     return  # the relay answers later
                 self._queue.pop(0)
-                then(*self._sync_reply)
+                then(*reply)
         finally:
             self._running = False
 
