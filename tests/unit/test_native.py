@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from b2bua import native
 
 
@@ -47,21 +49,16 @@ def test_no_build_means_source(tmp_path: Path) -> None:
     assert native.check(tmp_path).startswith("not built")
 
 
-def test_a_changed_source_means_source(tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", [
+    "b2bua/sip/parser.py",  # compiled
+    "b2bua/call/call.py",  # not compiled, but the compiled modules were type-checked against it
+])
+def test_a_changed_source_means_source(tmp_path: Path, source: str) -> None:
     write_manifest(tmp_path)
     manifest = json.loads((tmp_path / native.MANIFEST).read_text())
-    manifest["sources"]["b2bua/sip/parser.py"] = "0" * 64
+    manifest["sources"][source] = "0" * 64
     (tmp_path / native.MANIFEST).write_text(json.dumps(manifest))
-    assert native.check(tmp_path) == "stale: b2bua/sip/parser.py changed since the build"
-
-
-def test_a_change_to_a_module_the_build_was_checked_against_means_source(tmp_path: Path) -> None:
-    # call.py is not compiled, but the compiled modules were type-checked against it
-    write_manifest(tmp_path)
-    manifest = json.loads((tmp_path / native.MANIFEST).read_text())
-    manifest["sources"]["b2bua/call/call.py"] = "0" * 64
-    (tmp_path / native.MANIFEST).write_text(json.dumps(manifest))
-    assert native.check(tmp_path) == "stale: b2bua/call/call.py changed since the build"
+    assert native.check(tmp_path) == f"stale: {source} changed since the build"
 
 
 def test_a_new_or_removed_source_means_source(tmp_path: Path) -> None:
