@@ -73,15 +73,15 @@ def sources() -> list[Path]:
     return sorted(path for package in PACKAGES for path in (ROOT / package).rglob("*.py"))
 
 
-def _name(path: Path) -> str:
+def source_name(path: Path) -> str:
     return path.relative_to(ROOT).as_posix()
 
 
-def _digest(path: Path) -> str:
+def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _interpreter() -> str:
+def interpreter_tag() -> str:
     return f"{sys.implementation.cache_tag}-{sys.platform}"
 
 
@@ -94,15 +94,15 @@ def check(directory: Path) -> str:
         return "not built (make install builds it)"
     except (OSError, ValueError) as exc:
         return f"unreadable manifest: {exc}"
-    if manifest.get("interpreter") != _interpreter():
-        return f"built for {manifest.get('interpreter')}, running {_interpreter()}"
+    if manifest.get("interpreter") != interpreter_tag():
+        return f"built for {manifest.get('interpreter')}, running {interpreter_tag()}"
     if manifest.get("modules") != list(MODULES):
         return "stale: built for another list of modules"
     built = manifest.get("sources", {})
     current = sources()
     for path in current:
-        if built.get(_name(path)) != _digest(path):
-            return f"stale: {_name(path)} changed since the build"
+        if built.get(source_name(path)) != digest(path):
+            return f"stale: {source_name(path)} changed since the build"
     if len(built) != len(current):
         return "stale: a source was removed since the build"
     return "compiled"

@@ -17,15 +17,23 @@ import shutil
 import sys
 from pathlib import Path
 
-from .native import MANIFEST, MODULES, ROOT, _interpreter, _name, check, native_dir, source_of, sources
+from .native import MANIFEST, MODULES, ROOT, check, interpreter_tag, native_dir, source_name, source_of, sources
 
-# The type checker's settings for the build (the project's, less the package list).
-_MYPY_INI = """[mypy]
-python_version = 3.11
-plugins = pydantic.mypy
-ignore_missing_imports = True
-check_untyped_defs = True
-"""
+# The type checker's settings for the build: pyproject.toml's [tool.mypy] less the package list
+# (a site-packages install has no pyproject.toml; tests/unit/test_native.py keeps the two equal).
+MYPY_SETTINGS: dict[str, object] = {
+    "python_version": "3.11",
+    "plugins": ["pydantic.mypy"],
+    "ignore_missing_imports": True,
+    "check_untyped_defs": True,
+    "warn_unused_ignores": True,
+}
+
+
+def _mypy_ini() -> str:
+    def ini(value: object) -> str:
+        return ", ".join(value) if isinstance(value, list) else str(value)
+    return "[mypy]\n" + "".join(f"{key} = {ini(value)}\n" for key, value in MYPY_SETTINGS.items())
 
 
 def build(directory: Path) -> None:
@@ -44,8 +52,8 @@ def build(directory: Path) -> None:
         copy = tree / path.relative_to(ROOT)
         copy.parent.mkdir(parents=True, exist_ok=True)
         copy.write_bytes(data)
-        digests[_name(path)] = hashlib.sha256(data).hexdigest()
-    (tree / "mypy.ini").write_text(_MYPY_INI)
+        digests[source_name(path)] = hashlib.sha256(data).hexdigest()
+    (tree / "mypy.ini").write_text(_mypy_ini())
     compiled = [str(source_of(m).relative_to(ROOT)) for m in MODULES]
     cwd = Path.cwd()
     os.chdir(tree)
@@ -60,7 +68,7 @@ def build(directory: Path) -> None:
         cmd.run()
     finally:
         os.chdir(cwd)
-    manifest = {"interpreter": _interpreter(), "modules": list(MODULES), "sources": digests}
+    manifest = {"interpreter": interpreter_tag(), "modules": list(MODULES), "sources": digests}
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
 

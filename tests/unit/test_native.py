@@ -13,8 +13,8 @@ from b2bua import native
 
 
 def write_manifest(directory: Path, **changes: object) -> None:
-    manifest = {"interpreter": native._interpreter(), "modules": list(native.MODULES),
-                "sources": {native._name(p): native._digest(p) for p in native.sources()}}
+    manifest = {"interpreter": native.interpreter_tag(), "modules": list(native.MODULES),
+                "sources": {native.source_name(p): native.digest(p) for p in native.sources()}}
     manifest.update(changes)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / native.MANIFEST).write_text(json.dumps(manifest))
@@ -67,7 +67,7 @@ def test_a_new_or_removed_source_means_source(tmp_path: Path) -> None:
     del manifest["sources"]["b2bua/trim.py"]
     (tmp_path / native.MANIFEST).write_text(json.dumps(manifest))
     assert native.check(tmp_path) == "stale: b2bua/trim.py changed since the build"
-    manifest["sources"]["b2bua/trim.py"] = native._digest(native.ROOT / "b2bua" / "trim.py")
+    manifest["sources"]["b2bua/trim.py"] = native.digest(native.ROOT / "b2bua" / "trim.py")
     manifest["sources"]["b2bua/gone.py"] = "0" * 64
     (tmp_path / native.MANIFEST).write_text(json.dumps(manifest))
     assert native.check(tmp_path) == "stale: a source was removed since the build"
@@ -136,3 +136,16 @@ def test_this_run_uses_all_compiled_modules_or_none() -> None:
     assert (native.state() == "compiled") == bool(compiled)
     if compiled:  # the build the suite runs on is the one make installed, of these sources
         assert all(Path(f).is_relative_to(native.native_dir()) for f in files.values())
+
+
+def test_the_build_type_checks_with_the_projects_mypy_settings() -> None:
+    import configparser
+    import tomllib
+
+    from b2bua import native_build
+
+    project = tomllib.loads((native.ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert {k: v for k, v in project.items() if k != "packages"} == native_build.MYPY_SETTINGS
+    ini = configparser.ConfigParser()
+    ini.read_string(native_build._mypy_ini())
+    assert ini["mypy"]["plugins"] == "pydantic.mypy" and ini["mypy"].getboolean("check_untyped_defs")
