@@ -1,14 +1,14 @@
 """How the daemon runs Python's cyclic garbage collector: the young generation only, the rest on a clock.
 
-How this works: the objects of a call (its legs, dialogs, transactions, parsed messages) form no
-reference cycles, so reference counting frees them the moment the call and its last transaction
-end (`Leg.call` is a weak reference; cancelled timers drop their callbacks; tests/unit/
-test_no_cycles.py holds this). The cycle collector then has almost nothing to find, yet CPython
-runs it by allocation counts, and a pass over the oldest generation walks every tracked object:
-with thousands of calls up and completed transactions kept 32 s (RFC 3261 Timers J, L, M) that is
-a million objects and pauses of 0.5 to 2 s, long enough for every peer to retransmit (measured:
-gen2 1.77 s and gen1 0.66 s at 500-650 calls/s with the old thresholds (50000, 20, 10), each pass
-collecting nothing). So:
+How this works: the objects of an ended call (its legs, dialogs, transactions, parsed messages) form
+no reference cycles, so reference counting frees them the moment the call and its last transaction
+end (a call breaks the cycle with its legs when it ends, leg.py; cancelled timers drop their
+callbacks; tests/unit/test_no_cycles.py holds this). The cycle collector then has almost nothing to
+find, yet CPython runs it by allocation counts, and a pass over the oldest generation walks every
+tracked object: with thousands of calls up and completed transactions kept 32 s (RFC 3261 Timers J,
+L, M) that is a million objects and pauses of 0.5 to 2 s, long enough for every peer to retransmit
+(measured: gen2 1.77 s and gen1 0.66 s at 500-650 calls/s with the old thresholds (50000, 20, 10),
+each pass collecting nothing). So:
 - at start-up, `gc.freeze()` takes what was loaded (modules, pydantic models) out of sight for good;
 - only the youngest generation is collected by allocation count (threshold YOUNG): short-lived
   cycles (an exception's traceback, asyncio internals) still die young, and a pass walks at most a

@@ -193,6 +193,7 @@ class Core:
         """Take on a call the B2BUA places itself (the control API's click-to-dial) and start it;
         False, and nothing started, while draining or at `calls.max_calls`."""
         if not self.accepting or len(self.calls) >= self.settings.calls.max_calls:
+            call.let_go_of_legs()
             return False
         self.calls.add(call)
         self._call_txs[call] = []
@@ -426,7 +427,10 @@ class Core:
             listener(call, event, fields)
 
     def _own(self, leg: Leg, tx: Any) -> None:
-        txs = self._call_txs.get(leg.call)
+        try:
+            txs = self._call_txs.get(leg.call)
+        except LookupError:  # the call has ended and let go of its legs (leg.py)
+            txs = None
         if txs is None:
             return  # the call has ended (e.g. the BYE to a late fork): its answers need no owner
         self._tx_owner[tx] = leg

@@ -109,8 +109,7 @@ class Call:
                  "b_invite", "b_invite_tx", "a_answered", "b_final", "_relays", "_byes", "_ack_wait",
                  "_no_answer_timer", "_released_forks", "media", "sdp", "_media_timer", "_media_packets",
                  "_media_quiet_since", "transfer", "deflection", "_own", "_extra_legs", "started_at", "lent",
-                 "replacement", "_relayed_refers", "_hangup_while_lent", "intercepts", "on_hangup",
-                 "__weakref__")
+                 "replacement", "_relayed_refers", "_hangup_while_lent", "intercepts", "on_hangup")
 
     def __init__(self, ctx: CallContext, invite: Request, a_tx: Any, source: Address,
                  next_hop: Address, transfer_mode: str | None = None) -> None:
@@ -725,11 +724,12 @@ class Call:
         self.media.delete()
         self.ctx.call_ended(self, self.result or "failed")
         # Next turn, when whatever ended the call has returned: let go of the helpers (a transfer,
-        # its REFER subscription, a deflection...). Each points back at the call, and these cycles
-        # would wait for the cycle collector's ten-minute pass (collector.py).
+        # its REFER subscription, a deflection...) and of our legs. Each points back at the call,
+        # and these cycles would wait for the cycle collector's ten-minute pass (collector.py).
         self.ctx.call_later(0, self._release_helpers)
 
     def _release_helpers(self) -> None:
+        self.let_go_of_legs()
         self.transfer = self.deflection = self.replacement = None
         self._own.clear()
         self._relayed_refers = EMPTY
@@ -1179,6 +1179,11 @@ class Call:
         if self._no_answer_timer is not None:
             self._no_answer_timer.cancel()
             self._no_answer_timer = None
+
+    def let_go_of_legs(self) -> None:
+        """Break the cycle between this call and its legs (leg.py): it has ended, or never started."""
+        for leg in self.all_legs():
+            leg.let_go(self)
 
     def all_legs(self) -> list[Leg]:
         """Every leg this call has registered: the bridged two, the callee's first, a transfer's."""

@@ -11,7 +11,6 @@ or for a peer that reached us over TCP with no route set, the connection it came
 from __future__ import annotations
 
 import enum
-import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -49,16 +48,18 @@ class Side(enum.Enum):
 
 
 class Leg:
-    """One leg. Its `call` is held weakly: the call owns its legs, and a strong reference back
-    would make every call a reference cycle that only the cycle collector frees (after whole
-    seconds under load, in pauses that grow with the number of calls up). With the back
-    reference weak, an ended call is freed the moment its last transaction lets go of it."""
+    """One leg. Its `call` is a strong reference, and a call and its legs make a reference cycle
+    while the call is up. The call breaks it when it ends (`Call._release_helpers` calls
+    `let_go`), so an ended call is freed by reference counting the moment its last transaction
+    lets go of it, not by the cycle collector (which the daemon runs only every ten minutes:
+    collector.py). A weak reference would need no such step, but a compiled class (native.py)
+    cannot be weakly referenced."""
 
     __slots__ = ("_call", "side", "call_id", "local_tag", "peer", "dialog", "early", "invite_tx",
-                 "reinvite_pending", "ack", "ack_for", "sdp", "replaceable_from", "__weakref__")
+                 "reinvite_pending", "ack", "ack_for", "sdp", "replaceable_from")
 
     def __init__(self, call: Call, side: Side, call_id: str, local_tag: str, peer: Address) -> None:
-        self._call = weakref.ref(call)
+        self._call: Call | None = call
         self.side = side
         self.call_id = call_id
         self.local_tag = local_tag
@@ -79,14 +80,19 @@ class Leg:
     @property
     def call(self) -> Call:
         """The call this leg belongs to now (an attended transfer may move it to another)."""
-        call = self._call()
+        call = self._call
         if call is None:
-            raise LookupError(f"leg {self.call_id};tag={self.local_tag}: its call has been freed")
+            raise LookupError(f"leg {self.call_id};tag={self.local_tag}: its call has ended")
         return call
 
     @call.setter
     def call(self, call: Call) -> None:
-        self._call = weakref.ref(call)
+        self._call = call
+
+    def let_go(self, call: Call) -> None:
+        """`call` has ended: drop the reference to it, unless the leg has moved to another call."""
+        if self._call is call:
+            self._call = None
 
     def add_early(self, remote_tag: str, dialog: Dialog) -> None:
         self.early = with_entry(self.early, remote_tag, dialog)

@@ -6,6 +6,8 @@ import pytest
 
 from b2bua.call.call import Call
 from b2bua.call.hold import HoldOutcome, HoldReinvite, HoldResult, refusal
+from b2bua.call.replacement import Replacement
+from b2bua.call.transfer import Transfer
 from b2bua.media.leg_sdp import LegSdp, SdpError
 
 from .test_call_flows import establish, ringing
@@ -211,8 +213,12 @@ def test_refusals():
     a200, _, _ = establish(w)
     call = _call(w)
     assert refusal(call, call.a, True) is None
-    for busy in ("transfer", "lent", "replacement"):  # a transfer, an attended one's consultation, Replaces
-        setattr(call, busy, object())
+    # A transfer, an attended one's consultation, Replaces (the attributes are typed: compiled,
+    # the call accepts only the right classes).
+    under_way = {"transfer": Transfer.__new__(Transfer), "lent": call,
+                 "replacement": Replacement.__new__(Replacement)}
+    for busy, helper in under_way.items():
+        setattr(call, busy, helper)
         assert refusal(call, call.b, True) == "a transfer is in progress", busy
         setattr(call, busy, None)
     # The caller's own re-INVITE is under way (relayed to the callee, unanswered).

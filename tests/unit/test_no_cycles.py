@@ -15,7 +15,15 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from . import test_attended_transfer, test_call_flows, test_deflection, test_transfer
+from . import (
+    test_api_originate,
+    test_attended_transfer,
+    test_call_flows,
+    test_deflection,
+    test_hold,
+    test_replaces_invite,
+    test_transfer,
+)
 from .wire import Wire
 
 FLOWS: list[Callable[[], None]] = [
@@ -30,6 +38,12 @@ FLOWS: list[Callable[[], None]] = [
     test_attended_transfer.test_attended_transfer_joins_the_transferee_to_the_consulted_target,
     test_attended_transfer.test_early_completion_releases_the_transferor_and_joins_the_target_when_it_answers,
     test_deflection.test_the_target_answers_and_takes_the_phones_place,
+    test_hold.test_hold_then_resume_the_caller,
+    test_replaces_invite.test_an_invite_with_replaces_takes_the_named_legs_place,
+    test_replaces_invite.test_pickup_answers_the_caller_and_the_picker_and_cancels_the_phone_that_rang,
+    test_api_originate.test_click_to_dial_calls_a_without_sdp_then_b_with_a_offer_and_answers_a_in_the_ack,
+    test_api_originate.test_b_busy_ends_a_with_an_answer_that_refuses_its_offer_and_a_bye,
+    test_api_originate.test_originate_refusals,
 ]
 
 
