@@ -11,6 +11,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 RELIABLE = frozenset({"tcp", "tls", "ws", "wss"})
 
 _IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\Z", re.ASCII)
@@ -28,6 +30,7 @@ def is_ip_literal(host: str) -> bool:
     return True
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(frozen=True, slots=True)
 class Address:
     transport: str  # lower case: "udp" or "tcp"

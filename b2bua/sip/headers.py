@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from mypy_extensions import mypyc_attr
+
 from .uri import (
     AbsoluteUri,
     Params,
@@ -87,6 +89,7 @@ class HeaderError(ValueError):
 # -- name-addr / addr-spec (From, To, Contact, Route, Record-Route, Refer-To, Referred-By) ------
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(frozen=True, slots=True)
 class NameAddr:
     uri: Uri
@@ -225,6 +228,7 @@ def _find_unquoted(text: str, ch: str) -> int:
 # -- Via -----------------------------------------------------------------------------------------
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(frozen=True, slots=True)
 class Via:
     transport: str  # upper case as on the wire: UDP, TCP, TLS, WS...
@@ -283,6 +287,7 @@ def parse_via(value: str) -> Via:
 # -- CSeq, Max-Forwards, Replaces, token lists ---------------------------------------------------
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(frozen=True, slots=True)
 class CSeq:
     seq: int
@@ -302,6 +307,7 @@ def parse_cseq(value: str) -> CSeq:
     return CSeq(seq, parts[1])
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(frozen=True, slots=True)
 class Replaces:
     """RFC 3891 Replaces: call-id;to-tag=..;from-tag=..[;early-only]."""
@@ -352,6 +358,7 @@ def parse_replaces(value: str) -> Replaces:
     return Replaces(call_id, to_tag, from_tag, find_param(params, "early-only")[0], params)
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(frozen=True, slots=True)
 class TargetDialog:
     """RFC 4538 Target-Dialog: `call-id;local-tag=..;remote-tag=..`.

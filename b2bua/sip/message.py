@@ -17,6 +17,8 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Final, Self
 
+from mypy_extensions import mypyc_attr
+
 from .headers import (
     LIST_HEADERS,
     CSeq,
@@ -58,6 +60,7 @@ def _key(name: str) -> str:
     return hit[1] if hit is not None else _name_key(name)[1]
 
 
+@mypyc_attr(acyclic=True)
 class Headers:
     """An immutable, ordered multi-map of header lines with case-insensitive lookup.
 
@@ -199,6 +202,7 @@ def trusted_headers(names: Iterable[str], values: Iterable[str], keys: Iterable[
     return h
 
 
+@mypyc_attr(acyclic=True)
 class _Message:
     """What Request and Response share: headers, body, version, and the structured views
     (`vias`, `cseq`, `from_`...), each parsed on first use and kept in its own slot.
@@ -348,6 +352,7 @@ def _required_name_addr(headers: Headers, name: str) -> NameAddr:
     return parse_name_addr(v)
 
 
+@mypyc_attr(acyclic=True)
 class Request(_Message):
     __slots__ = ("method", "uri")
 
@@ -387,6 +392,7 @@ class Request(_Message):
         return f"<Request {self.method} {self.uri}>"
 
 
+@mypyc_attr(acyclic=True)
 class Response(_Message):
     __slots__ = ("status", "reason")
 

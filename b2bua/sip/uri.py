@@ -18,6 +18,8 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote
 
+from mypy_extensions import mypyc_attr
+
 Params = tuple[tuple[str, str | None], ...]
 
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+\-.]*):")
@@ -137,6 +139,7 @@ def split_outside_quotes(text: str, sep: str) -> list[str]:
     return parts
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(frozen=True, slots=True)
 class AbsoluteUri:
     """A URI of a scheme we do not interpret (tel:, urn:, http: ...), kept verbatim."""
@@ -148,6 +151,7 @@ class AbsoluteUri:
         return self.raw
 
 
+@mypyc_attr(acyclic=True)
 @dataclass(frozen=True, slots=True)
 class SipUri:
     """A sip: or sips: URI. `user`, params and headers stay in escaped wire form."""
