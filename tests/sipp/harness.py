@@ -82,6 +82,20 @@ def free_port() -> int:
     raise RuntimeError("could not find a free loopback port")
 
 
+def _listened_on(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:`port` (TCP). A connect to a port nobody listens
+    on, from the ephemeral range the port is in, can get that same port as its source and connect
+    to itself (TCP simultaneous open): the probe then reads back its own request. Such a
+    connection is not a listener."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect((LOOPBACK, port))
+        except OSError:
+            return False
+        return s.getsockname() != s.getpeername()
+
+
 BLOCK_PORTS = (20000, 60999)  # where blocks are looked for: below and in Linux's ephemeral range
 RELAY_BLOCK = 64  # media ports of a test daemon's embedded relay: 16 calls with one stream (Daemon relay_block)
 
@@ -290,10 +304,13 @@ class Daemon:
                     f"command: {self.command()}\n{self.output_tail()}"
                 )
             try:
-                status, _ = self.http_get("/healthz", timeout=1.0)
-                if status == 200:
-                    return self
-                last_error = f"HTTP {status}"
+                if not _listened_on(self.http_port):
+                    last_error = "HTTP port not listening yet"
+                else:
+                    status, _ = self.http_get("/healthz", timeout=1.0)
+                    if status == 200:
+                        return self
+                    last_error = f"HTTP {status}"
             except OSError as exc:
                 last_error = repr(exc)
             time.sleep(0.05)
