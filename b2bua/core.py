@@ -281,10 +281,9 @@ class Core:
         leg = self._tx_owner.pop(tx, None)
         if leg is None:
             return
-        try:
-            call = leg.call
-        except LookupError:
-            return
+        call = leg.owner
+        if call is None:
+            return  # its call has ended and let go of it (leg.py)
         txs = self._call_txs.get(call)
         if txs is not None and tx in txs:
             txs.remove(tx)
@@ -401,15 +400,16 @@ class Core:
     def call_ended(self, call: Call, result: str) -> None:
         self.calls.discard(call)
         for leg in call.all_legs():
-            if leg.call is not call:
+            if leg.owner is not call:
                 continue  # an attended transfer took it into another call, which goes on
             if self._legs.get(leg.key) is leg:
                 del self._legs[leg.key]
             self.refer_limiter.forget(leg.key)
         for tx in self._call_txs.pop(call, ()):
             owner = self._tx_owner.get(tx)
-            if owner is not None and owner.call is not call and owner.call in self._call_txs:
-                self._call_txs[owner.call].append(tx)  # a taken-over leg's transaction: still awaited
+            owner_call = owner.owner if owner is not None else None
+            if owner_call is not None and owner_call is not call and owner_call in self._call_txs:
+                self._call_txs[owner_call].append(tx)  # a taken-over leg's transaction: still awaited
                 continue
             self._tx_owner.pop(tx, None)
             self._a_invites.pop(tx, None)
@@ -427,10 +427,8 @@ class Core:
             listener(call, event, fields)
 
     def _own(self, leg: Leg, tx: Any) -> None:
-        try:
-            txs = self._call_txs.get(leg.call)
-        except LookupError:  # the call has ended and let go of its legs (leg.py)
-            txs = None
+        owner = leg.owner
+        txs = self._call_txs.get(owner) if owner is not None else None
         if txs is None:
             return  # the call has ended (e.g. the BYE to a late fork): its answers need no owner
         self._tx_owner[tx] = leg

@@ -89,6 +89,11 @@ class Leg:
     def call(self, call: Call) -> None:
         self._call = call
 
+    @property
+    def owner(self) -> Call | None:
+        """The call this leg belongs to now, or None once that call has ended and let go of it."""
+        return self._call
+
     def let_go(self, call: Call) -> None:
         """`call` has ended: drop the reference to it, unless the leg has moved to another call."""
         if self._call is call:

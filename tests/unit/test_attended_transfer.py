@@ -168,6 +168,15 @@ def test_a_target_refusing_the_reinvite_leaves_both_calls_as_they_were():
     [t_bye] = w.requests(TARGET, "BYE")
     answer(w, t_bye, TARGET)
     assert len(w.core.calls) == 1 and w.core.stats.calls["answered"] == 1
+    # The consultation lets go of its legs (leg.py) one turn later; call 1, which sent the refused
+    # re-INVITE on carol's leg, then ends cleanly when bob hangs it up too.
+    w.advance(1)
+    w.take()
+    w.inject(in_dialog("BYE", b200, cseq=10, branch="z9hG4bKbbye", from_side_is_to=True, via="127.0.0.1:5080"),
+             PBX)
+    [a_bye] = w.requests(CALLER, "BYE")
+    answer(w, a_bye, CALLER)
+    assert not w.core.calls and w.core.stats.calls["answered"] == 2
 
 
 def test_early_completion_releases_the_transferor_and_joins_the_target_when_it_answers():
