@@ -406,8 +406,8 @@ class Core:
                 del self._legs[leg.key]
             self.refer_limiter.forget(leg.key)
         for tx in self._call_txs.pop(call, ()):
-            owner = self._tx_owner.get(tx)
-            owner_call = owner.owner if owner is not None else None
+            owner_leg = self._tx_owner.get(tx)
+            owner_call = owner_leg.owner if owner_leg is not None else None
             if owner_call is not None and owner_call is not call and owner_call in self._call_txs:
                 self._call_txs[owner_call].append(tx)  # a taken-over leg's transaction: still awaited
                 continue

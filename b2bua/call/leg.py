@@ -49,11 +49,12 @@ class Side(enum.Enum):
 
 class Leg:
     """One leg. Its `call` is a strong reference, and a call and its legs make a reference cycle
-    while the call is up. The call breaks it when it ends (`Call._release_helpers` calls
-    `let_go`), so an ended call is freed by reference counting the moment its last transaction
-    lets go of it, not by the cycle collector (which the daemon runs only every ten minutes:
-    collector.py). A weak reference would need no such step, but a compiled class (native.py)
-    cannot be weakly referenced."""
+    while the call is up. The call breaks it one turn after it ends (`Call.let_go_of_legs`, which
+    calls `let_go` on each), so an ended call is freed by reference counting the moment its last
+    transaction lets go of it, not by the cycle collector (which the daemon runs only every ten
+    minutes: collector.py). A weak reference would need no such step, but a compiled class
+    (native.py) cannot be weakly referenced. After the break `call` raises LookupError: code that
+    may meet a leg of an ended call (the core's bookkeeping of transactions) reads `owner`."""
 
     __slots__ = ("_call", "side", "call_id", "local_tag", "peer", "dialog", "early", "invite_tx",
                  "reinvite_pending", "ack", "ack_for", "sdp", "replaceable_from")

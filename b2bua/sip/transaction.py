@@ -97,7 +97,7 @@ class TimerConfig:
 
     @property
     def k(self) -> float:
-        return self.t4
+        return self.i
 
 
 class TransactionError(Exception):  # not RuntimeError: compiled classes cannot derive from it
