@@ -12,8 +12,12 @@ least `MIN_PEAK`, it has the tables rebuilt at their current size (`compact`) an
 peak drains, never under steady load, and logs what it gave back.
 
 Once the load has drained to `SETTLED` of the highest peak since the last such pass and stopped
-falling, one more pass also runs a full collection (`gc.collect()`, cheap by then: few objects are
-left to walk) between compacting and `malloc_trim`. Only a full collection empties CPython's free
+falling, one more pass also empties the interpreter's attribute cache and runs a full collection
+(`gc.collect()`, cheap by then: few objects are left to walk) between compacting and `malloc_trim`.
+The attribute cache holds a reference to the name string of each of its 4,096 entries; a name
+built afresh for each lookup (C code asking for a method by its C string, as datetime does for
+`utcoffset`) fills it with dead strings allocated during the peak, one page pinned each (logs.py
+no longer makes those, but any library may). Only a full collection empties CPython's free
 lists (tuples, dicts, lists... kept for reuse, tens of thousands of objects after a peak, and
 compacting adds the ones it frees), and each of them, scattered through memory, pins a whole
 allocator arena or page. The order matters (in-process, 20,000 calls ended, RSS over the pre-load
@@ -27,6 +31,7 @@ import ctypes
 import ctypes.util
 import gc
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -97,6 +102,7 @@ class TrimAfterLoad:
         started, before = time.perf_counter(), rss_kib()
         self._compact()
         if collect:
+            sys._clear_type_cache()  # documented in `sys`; refills as lookups run again
             context["collected"] = gc.collect()  # after compacting: it frees objects too
         if self._trim is not None:
             self._trim()

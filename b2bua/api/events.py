@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import UTC, datetime
 from typing import Any
+
+from ..logs import utc_timestamp
 
 FINAL = None  # queue sentinel: the stream ends
 
@@ -52,7 +53,7 @@ class EventHub:
         self.seq += 1
         if not self.clients:
             return  # nobody listens: the core pays only this
-        data = {"seq": self.seq, "time": datetime.fromtimestamp(self._wall(), UTC).isoformat().replace("+00:00", "Z"),
+        data = {"seq": self.seq, "time": utc_timestamp(self._wall()),
                 "event": event, "call": call, "sip_call_id": sip_call_id, "fields": fields}
         frame = f"id: {self.seq}\nevent: {event}\ndata: {json.dumps(data, default=str)}\n\n".encode()
         for client in list(self.clients):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import sys
 from typing import Any
 
 from b2bua.trim import MIN_PEAK, TrimAfterLoad, rss_kib
@@ -102,3 +104,14 @@ def test_cancelled_timers_leave_the_heap_once_it_has_doubled() -> None:
     assert len(s) == 3 and keep[0].callback is not None
     s.advance(10_000.0)
     assert fired == [0, 1, 2]
+
+
+def test_the_settling_pass_lets_go_of_the_names_the_attribute_cache_holds() -> None:
+    name = "".join(["utc", "offset"])  # built at run time, as C code builds a method's name: not interned
+    getattr(datetime.timezone.utc, name)
+    held = sys.getrefcount(name)
+    trim = TrimAfterLoad(_Loop(), _Log(), lambda: 0, lambda: None)  # type: ignore[arg-type]
+    trim.trim(peak=MIN_PEAK, load=0)
+    assert sys.getrefcount(name) == held  # a halving pass leaves the cache alone
+    trim.trim(collect=True, peak=MIN_PEAK, load=0)
+    assert sys.getrefcount(name) == held - 1
