@@ -108,7 +108,7 @@ def test_cancelled_timers_leave_the_heap_once_it_has_doubled() -> None:
 
 def test_the_settling_pass_lets_go_of_the_names_the_attribute_cache_holds() -> None:
     name = "".join(["utc", "offset"])  # built at run time, as C code builds a method's name: not interned
-    getattr(datetime.timezone.utc, name)
+    getattr(datetime.UTC, name)
     held = sys.getrefcount(name)
     trim = TrimAfterLoad(_Loop(), _Log(), lambda: 0, lambda: None)  # type: ignore[arg-type]
     trim.trim(peak=MIN_PEAK, load=0)
