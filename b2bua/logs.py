@@ -11,8 +11,8 @@ name string made afresh each time, and the interpreter's attribute cache keeps a
 name of each lookup in one of its 4,096 slots, picked by the string's address. Under load that is
 thousands of dead "utcoffset" strings scattered over the heap, each pinning a page after the load
 has gone (measured after 3,000 calls: 1,258 of them above the pre-load top of the heap; RSS after
-the calls +2.3 to +6.8 % with them, -1.5 % without). Formatting the seconds once per second is also half
-the cost per line (1.0 µs against 2.2 µs).
+the calls +2.3 to +6.8 % with them, -1.5 % without). Formatting the seconds once per second is
+also half the cost per line (1.0 µs against 2.2 µs).
 """
 
 from __future__ import annotations

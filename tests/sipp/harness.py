@@ -82,27 +82,6 @@ def free_port() -> int:
     raise RuntimeError("could not find a free loopback port")
 
 
-def _listened_on(port: int) -> bool:
-    """Whether a TCP socket listens on `port` (Linux: /proc/net/tcp and tcp6, state 0A).
-
-    Read from the kernel's table rather than by connecting: a connect to a port nobody listens
-    on yet, made from the ephemeral range that port is in, can draw that very port as its source
-    and connect to itself (TCP simultaneous open). The probe then reads back its own request, and
-    while that socket lives the daemon cannot bind the port (both seen in this suite)."""
-    suffix = f":{port:04X}"
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f, None)  # the header line
-                for line in f:
-                    fields = line.split()
-                    if len(fields) > 3 and fields[1].endswith(suffix) and fields[3] == "0A":
-                        return True
-        except OSError:
-            continue
-    return False
-
-
 BLOCK_PORTS = (20000, 60999)  # where blocks are looked for: below and in Linux's ephemeral range
 RELAY_BLOCK = 64  # media ports of a test daemon's embedded relay: 16 calls with one stream (Daemon relay_block)
 
@@ -311,7 +290,11 @@ class Daemon:
                     f"command: {self.command()}\n{self.output_tail()}"
                 )
             try:
-                if not _listened_on(self.http_port):
+                # Ask the kernel's table first, not by connecting: a connect to a port nobody listens
+                # on yet, from the ephemeral range that port is in, can draw that very port as its
+                # source and connect to itself (TCP simultaneous open). The probe then reads back
+                # its own request, and while that socket lives the daemon cannot bind the port.
+                if not _port_is_bound(self.http_port, "tcp"):
                     last_error = "HTTP port not listening yet"
                 else:
                     status, _ = self.http_get("/healthz", timeout=1.0)
