@@ -12,7 +12,6 @@ through the `send(data, address)` callable the shell gave it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +26,7 @@ from .media.ng_client import NgClient
 from .media.relay_pool import Relay, RelayPool
 from .media.session import MediaSession, PassThroughMedia
 from .metrics import Stats
+from .randomness import random_hex
 from .routing.static import StaticRouter
 from .sip.address import Address
 from .sip.headers import HeaderError, parse_replaces
@@ -312,10 +312,10 @@ class Core:
     # -- CallContext -------------------------------------------------------------------------------
 
     def new_tag(self) -> str:
-        return os.urandom(6).hex()
+        return random_hex(6)
 
     def new_call_id(self) -> str:
-        return f"{os.urandom(12).hex()}@{self.local_host}"
+        return f"{random_hex(12)}@{self.local_host}"
 
     def new_media(self, call: Call, key: str) -> MediaSession | PassThroughMedia:
         if self.relays is None:

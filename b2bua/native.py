@@ -45,6 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent  # holds the packages b2bua and rt
 PACKAGES = ("b2bua", "rtp_relay")
 # Compiled together (mypyc calls between them in C); all or none are used.
 MODULES = (
+    "b2bua.value",
+    "b2bua.randomness",
     "b2bua.sip.uri",
     "b2bua.sip.headers",
     "b2bua.sip.message",

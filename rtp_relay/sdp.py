@@ -26,7 +26,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import Final
+
+from mypy_extensions import mypyc_attr
+
+from b2bua.value import Value
 
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 
@@ -45,14 +49,20 @@ class SdpError(ValueError):
     """A body that is not an SDP session description."""
 
 
-@dataclass(frozen=True, slots=True)
-class Connection:
+@mypyc_attr(acyclic=True)
+class Connection(Value):
     """`c=<nettype> <addrtype> <address>[/ttl[/count]]`; `suffix` keeps the `/...` part verbatim."""
 
-    net_type: str
-    addr_type: str
-    address: str
-    suffix: str = ""
+    __slots__ = ("net_type", "addr_type", "address", "suffix")
+
+    def __init__(self, net_type: str, addr_type: str, address: str, suffix: str = "") -> None:
+        self.net_type: Final = net_type
+        self.addr_type: Final = addr_type
+        self.address: Final = address
+        self.suffix: Final = suffix
+
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.net_type, self.addr_type, self.address, self.suffix)
 
     @property
     def is_null(self) -> bool:
@@ -71,12 +81,18 @@ class Connection:
         return f"{self.net_type} {self.addr_type} {self.address}{self.suffix}"
 
 
-@dataclass(frozen=True, slots=True)
-class Rtcp:
+@mypyc_attr(acyclic=True)
+class Rtcp(Value):
     """RFC 3605 `a=rtcp:<port> [<nettype> <addrtype> <address>]`."""
 
-    port: int
-    connection: Connection | None = None
+    __slots__ = ("port", "connection")
+
+    def __init__(self, port: int, connection: Connection | None = None) -> None:
+        self.port: Final = port
+        self.connection: Final = connection
+
+    def key(self) -> tuple[int, Connection | None]:
+        return (self.port, self.connection)
 
 
 class Line:

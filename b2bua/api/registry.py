@@ -12,13 +12,13 @@ a time (a hold, a resume; later a transfer), so a second one is refused with 409
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..call.call import Call
+from ..randomness import random_hex
 
 
 @dataclass
@@ -40,9 +40,9 @@ class CallRegistry:
     def entry(self, call: Call) -> Entry:
         entry = self._entries.get(call)
         if entry is None:
-            new_id = secrets.token_hex(4)
+            new_id = random_hex(4)
             while new_id in self._by_id:
-                new_id = secrets.token_hex(4)
+                new_id = random_hex(4)
             entry = self._entries[call] = Entry(new_id, self._wall())
             self._by_id[new_id] = call
         return entry

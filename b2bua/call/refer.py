@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..sip.headers import (
     HeaderError,
@@ -240,7 +240,7 @@ def refer_to_with_replaces(target: str, call_id: str, to_tag: str, from_tag: str
         raise ValueError(f"Replaces needs a sip/sips target, not {uri.scheme}:")
     value = escape_header_value(str(Replaces(call_id, to_tag, from_tag, early_only)))
     headers = tuple((k, v) for k, v in uri.headers if unescape(k).lower() != "replaces")
-    return f"<{replace(uri, headers=(*headers, ('Replaces', value)))}>"
+    return f"<{uri.with_headers((*headers, ('Replaces', value)))}>"
 
 
 # -- message/sipfrag (RFC 3420) and the NOTIFY of the refer event ------------------------------

@@ -19,11 +19,11 @@ was (RFC 3264 §8: a rejected offer changes nothing), so `snapshot`/`restore` pu
 from __future__ import annotations
 
 import ipaddress
-import os
 from typing import NamedTuple
 
 from rtp_relay.sdp import SdpError, SessionDescription
 
+from ..randomness import random_bytes
 from ..sip.address import is_ip_literal
 
 __all__ = ["LegSdp", "SdpError", "SdpSnapshot", "is_sdp"]
@@ -53,7 +53,7 @@ class LegSdp:
 
     def __init__(self) -> None:
         # RFC 4566 §5.2: sess-id and sess-version are numeric; an NTP-like size keeps peers happy.
-        self.session_id = int.from_bytes(os.urandom(4), "big") | 1
+        self.session_id = int.from_bytes(random_bytes(4), "big") | 1
         self.version = self.session_id
         self.local: bytes | None = None  # the last SDP we sent on this leg
         self.remote: bytes | None = None  # the last SDP the peer sent

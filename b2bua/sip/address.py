@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from typing import Final
 
 from mypy_extensions import mypyc_attr
+
+from ..value import Value
 
 RELIABLE = frozenset({"tcp", "tls", "ws", "wss"})
 
@@ -31,11 +33,16 @@ def is_ip_literal(host: str) -> bool:
 
 
 @mypyc_attr(acyclic=True)
-@dataclass(frozen=True, slots=True)
-class Address:
-    transport: str  # lower case: "udp" or "tcp"
-    host: str  # bare host, no IPv6 brackets
-    port: int
+class Address(Value):
+    __slots__ = ("transport", "host", "port")
+
+    def __init__(self, transport: str, host: str, port: int) -> None:
+        self.transport: Final = transport  # lower case: "udp" or "tcp"
+        self.host: Final = host  # bare host, no IPv6 brackets
+        self.port: Final = port
+
+    def key(self) -> tuple[str, str, int]:
+        return (self.transport, self.host, self.port)
 
     @property
     def reliable(self) -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from .address import Address, is_ip_literal
 from .headers import NameAddr, parse_name_addr
@@ -29,19 +28,29 @@ class DialogState(enum.Enum):
     TERMINATED = "terminated"
 
 
-@dataclass(slots=True)  # slots: two or more per call, for the call's whole life
 class Dialog:
-    call_id: str
-    local_tag: str
-    remote_tag: str | None
-    local_party: str  # From/To header value we write for ourselves, without tag
-    remote_party: str  # ... and for the peer, without tag
-    remote_target: Uri
-    route_set: tuple[str, ...] = ()  # Route values, in order to use (a tuple: the empty one is shared)
-    local_seq: int = 0
-    remote_seq: int | None = None
-    state: DialogState = DialogState.EARLY
-    secure: bool = False
+    """One dialog's state. Compared by identity: two Dialog objects are two dialogs."""
+
+    # Slots: two or more per call, for the call's whole life. A plain class rather than a
+    # dataclass, whose generated __init__ would stay interpreted in the compiled build.
+    __slots__ = ("call_id", "local_tag", "remote_tag", "local_party", "remote_party", "remote_target",
+                 "route_set", "local_seq", "remote_seq", "state", "secure")
+
+    def __init__(self, call_id: str, local_tag: str, remote_tag: str | None, local_party: str,
+                 remote_party: str, remote_target: Uri, route_set: tuple[str, ...] = (),
+                 local_seq: int = 0, remote_seq: int | None = None,
+                 state: DialogState = DialogState.EARLY, secure: bool = False) -> None:
+        self.call_id = call_id
+        self.local_tag = local_tag
+        self.remote_tag = remote_tag
+        self.local_party = local_party  # From/To header value we write for ourselves, without tag
+        self.remote_party = remote_party  # ... and for the peer, without tag
+        self.remote_target = remote_target
+        self.route_set = route_set  # Route values, in order to use (a tuple: the empty one is shared)
+        self.local_seq = local_seq
+        self.remote_seq = remote_seq
+        self.state = state
+        self.secure = secure
 
     @property
     def key(self) -> tuple[str, str]:

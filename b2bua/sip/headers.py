@@ -10,10 +10,11 @@ can never be damaged by us. Names are canonicalised on the way in (compact forms
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from typing import Final
 
 from mypy_extensions import mypyc_attr
 
+from ..value import Value
 from .uri import (
     AbsoluteUri,
     Params,
@@ -90,13 +91,19 @@ class HeaderError(ValueError):
 
 
 @mypyc_attr(acyclic=True)
-@dataclass(frozen=True, slots=True)
-class NameAddr:
-    uri: Uri
-    display: str | None = None  # as written, quotes included
-    params: Params = ()
-    bracketed: bool = True
-    wildcard: bool = False  # Contact: *
+class NameAddr(Value):
+    __slots__ = ("uri", "display", "params", "bracketed", "wildcard")
+
+    def __init__(self, uri: Uri, display: str | None = None, params: Params = (), bracketed: bool = True,
+                 wildcard: bool = False) -> None:
+        self.uri: Final = uri
+        self.display: Final = display  # as written, quotes included
+        self.params: Final = params
+        self.bracketed: Final = bracketed
+        self.wildcard: Final = wildcard  # Contact: *
+
+    def key(self) -> tuple[Uri, str | None, Params, bool, bool]:
+        return (self.uri, self.display, self.params, self.bracketed, self.wildcard)
 
     def __str__(self) -> str:
         if self.wildcard:
@@ -114,7 +121,7 @@ class NameAddr:
         return find_param(self.params, name)[1]
 
     def with_param(self, name: str, value: str | None) -> NameAddr:
-        return replace(self, params=set_param(self.params, name, value))
+        return NameAddr(self.uri, self.display, set_param(self.params, name, value), self.bracketed, self.wildcard)
 
     @property
     def tag(self) -> str | None:
@@ -229,13 +236,19 @@ def _find_unquoted(text: str, ch: str) -> int:
 
 
 @mypyc_attr(acyclic=True)
-@dataclass(frozen=True, slots=True)
-class Via:
-    transport: str  # upper case as on the wire: UDP, TCP, TLS, WS...
-    host: str
-    port: int | None = None
-    params: Params = ()
-    protocol: str = "SIP/2.0"
+class Via(Value):
+    __slots__ = ("transport", "host", "port", "params", "protocol")
+
+    def __init__(self, transport: str, host: str, port: int | None = None, params: Params = (),
+                 protocol: str = "SIP/2.0") -> None:
+        self.transport: Final = transport  # upper case as on the wire: UDP, TCP, TLS, WS...
+        self.host: Final = host
+        self.port: Final = port
+        self.params: Final = params
+        self.protocol: Final = protocol
+
+    def key(self) -> tuple[str, str, int | None, Params, str]:
+        return (self.transport, self.host, self.port, self.params, self.protocol)
 
     def __str__(self) -> str:
         hp = self.host if self.port is None else f"{self.host}:{self.port}"
@@ -248,7 +261,7 @@ class Via:
         return find_param(self.params, name)[0]
 
     def with_param(self, name: str, value: str | None) -> Via:
-        return replace(self, params=set_param(self.params, name, value))
+        return Via(self.transport, self.host, self.port, set_param(self.params, name, value), self.protocol)
 
     @property
     def branch(self) -> str | None:
@@ -288,10 +301,15 @@ def parse_via(value: str) -> Via:
 
 
 @mypyc_attr(acyclic=True)
-@dataclass(frozen=True, slots=True)
-class CSeq:
-    seq: int
-    method: str
+class CSeq(Value):
+    __slots__ = ("seq", "method")
+
+    def __init__(self, seq: int, method: str) -> None:
+        self.seq: Final = seq
+        self.method: Final = method
+
+    def key(self) -> tuple[int, str]:
+        return (self.seq, self.method)
 
     def __str__(self) -> str:
         return f"{self.seq} {self.method}"
@@ -308,15 +326,21 @@ def parse_cseq(value: str) -> CSeq:
 
 
 @mypyc_attr(acyclic=True)
-@dataclass(frozen=True, slots=True)
-class Replaces:
+class Replaces(Value):
     """RFC 3891 Replaces: call-id;to-tag=..;from-tag=..[;early-only]."""
 
-    call_id: str
-    to_tag: str
-    from_tag: str
-    early_only: bool = False
-    params: Params = ()
+    __slots__ = ("call_id", "to_tag", "from_tag", "early_only", "params")
+
+    def __init__(self, call_id: str, to_tag: str, from_tag: str, early_only: bool = False,
+                 params: Params = ()) -> None:
+        self.call_id: Final = call_id
+        self.to_tag: Final = to_tag
+        self.from_tag: Final = from_tag
+        self.early_only: Final = early_only
+        self.params: Final = params
+
+    def key(self) -> tuple[str, str, str, bool, Params]:
+        return (self.call_id, self.to_tag, self.from_tag, self.early_only, self.params)
 
     def __str__(self) -> str:
         # Parameters keep the order they were received in (so a parsed Replaces is written back
@@ -359,8 +383,7 @@ def parse_replaces(value: str) -> Replaces:
 
 
 @mypyc_attr(acyclic=True)
-@dataclass(frozen=True, slots=True)
-class TargetDialog:
+class TargetDialog(Value):
     """RFC 4538 Target-Dialog: `call-id;local-tag=..;remote-tag=..`.
 
     The tags name the dialog as the *recipient* of the request knows it (local-tag is the
@@ -368,10 +391,16 @@ class TargetDialog:
     third party that only learnt the dialog's identifiers, so only the recipient's view is common
     ground. `matches` compares against the recipient's dialog."""
 
-    call_id: str
-    local_tag: str
-    remote_tag: str
-    params: Params = ()
+    __slots__ = ("call_id", "local_tag", "remote_tag", "params")
+
+    def __init__(self, call_id: str, local_tag: str, remote_tag: str, params: Params = ()) -> None:
+        self.call_id: Final = call_id
+        self.local_tag: Final = local_tag
+        self.remote_tag: Final = remote_tag
+        self.params: Final = params
+
+    def key(self) -> tuple[str, str, str, Params]:
+        return (self.call_id, self.local_tag, self.remote_tag, self.params)
 
     def __str__(self) -> str:
         # Received parameter order is kept (as for Replaces); the two tags always reflect the fields.

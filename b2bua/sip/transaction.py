@@ -16,12 +16,12 @@ is never called back from inside its own `send_request`/`respond`/`cancel` call.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+from ..randomness import random_hex
 from .address import Address
 from .headers import Via
 from .message import Headers, Request, Response, build_response
@@ -786,7 +786,7 @@ class TransactionLayer:
 
     def _add_via(self, request: Request, dest: Address) -> tuple[Request, Address, bytes]:
         """Put our Via on top and choose the transport (RFC 3261 §18.1.1, RFC 3581 rport)."""
-        branch = MAGIC_COOKIE + secrets.token_hex(8)
+        branch = MAGIC_COOKIE + random_hex(8)
         stamped = request.with_headers(request.headers.add("Via", self._via(dest, branch), first=True))
         wire = stamped.serialize()
         if dest.transport == "udp" and len(wire) > UDP_SIZE_LIMIT:

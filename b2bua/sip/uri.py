@@ -14,11 +14,12 @@ import functools
 import ipaddress
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 from urllib.parse import quote, unquote
 
 from mypy_extensions import mypyc_attr
+
+from ..value import Value
 
 Params = tuple[tuple[str, str | None], ...]
 
@@ -140,29 +141,44 @@ def split_outside_quotes(text: str, sep: str) -> list[str]:
 
 
 @mypyc_attr(acyclic=True)
-@dataclass(frozen=True, slots=True)
-class AbsoluteUri:
+class AbsoluteUri(Value):
     """A URI of a scheme we do not interpret (tel:, urn:, http: ...), kept verbatim."""
 
-    scheme: str
-    raw: str
+    __slots__ = ("scheme", "raw")
+
+    def __init__(self, scheme: str, raw: str) -> None:
+        self.scheme: Final = scheme
+        self.raw: Final = raw
+
+    def key(self) -> tuple[str, str]:
+        return (self.scheme, self.raw)
 
     def __str__(self) -> str:
         return self.raw
 
 
 @mypyc_attr(acyclic=True)
-@dataclass(frozen=True, slots=True)
-class SipUri:
+class SipUri(Value):
     """A sip: or sips: URI. `user`, params and headers stay in escaped wire form."""
 
-    scheme: str = "sip"
-    user: str | None = None
-    password: str | None = None
-    host: str = ""
-    port: int | None = None
-    params: Params = ()
-    headers: tuple[tuple[str, str], ...] = ()
+    __slots__ = ("scheme", "user", "password", "host", "port", "params", "headers")
+
+    def __init__(self, scheme: str = "sip", user: str | None = None, password: str | None = None,
+                 host: str = "", port: int | None = None, params: Params = (),
+                 headers: tuple[tuple[str, str], ...] = ()) -> None:
+        self.scheme: Final = scheme
+        self.user: Final = user
+        self.password: Final = password
+        self.host: Final = host
+        self.port: Final = port
+        self.params: Final = params
+        self.headers: Final = headers
+
+    def key(self) -> tuple[str, str | None, str | None, str, int | None, Params, tuple[tuple[str, str], ...]]:
+        return (self.scheme, self.user, self.password, self.host, self.port, self.params, self.headers)
+
+    def _with(self, params: Params, headers: tuple[tuple[str, str], ...]) -> SipUri:
+        return SipUri(self.scheme, self.user, self.password, self.host, self.port, params, headers)
 
     def __str__(self) -> str:
         parts = [self.scheme, ":"]
@@ -188,10 +204,10 @@ class SipUri:
         return find_param(self.params, name)[0]
 
     def with_param(self, name: str, value: str | None = None) -> SipUri:
-        return replace(self, params=set_param(self.params, name, value))
+        return self._with(set_param(self.params, name, value), self.headers)
 
     def without_param(self, name: str) -> SipUri:
-        return replace(self, params=drop_param(self.params, name))
+        return self._with(drop_param(self.params, name), self.headers)
 
     def header(self, name: str) -> str | None:
         """Decoded value of an embedded `?name=value` header (case-insensitive name)."""
@@ -201,8 +217,12 @@ class SipUri:
                 return unescape(v)
         return None
 
+    def with_headers(self, headers: tuple[tuple[str, str], ...]) -> SipUri:
+        """This URI with its embedded `?name=value` headers replaced (escaped wire form)."""
+        return self._with(self.params, headers)
+
     def without_headers(self) -> SipUri:
-        return replace(self, headers=())
+        return self._with(self.params, ())
 
     @property
     def transport(self) -> str:
