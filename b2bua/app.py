@@ -2,9 +2,9 @@
 
 How this works: `Daemon.run()` builds one `Scheduler` whose clock is the event loop's monotonic
 time, one `Core`, the UDP and TCP transports for each listen address, and the HTTP server. Every
-input reaches the core through `_on_data`, which first moves the clock and afterwards re-arms the
-single loop timer at the scheduler's next deadline (`_arm_timer`: a cancelled deadline does not
-wake the loop). Any exception escaping the core is caught there, counted in
+input reaches the core through the `CoreDriver` (driver.py), which first moves the clock and
+afterwards re-arms the single loop timer at the scheduler's next deadline (a cancelled deadline does
+not wake the loop). Any exception escaping the core is caught there, counted in
 `b2bua_escaped_exceptions_total` and logged: it is a bug, never something a peer can cause on
 purpose, and the tests fail when the counter is not zero. SIGTERM/SIGINT stop new calls (503),
 wait up to `shutdown.drain_timeout_s` for active calls, hang up the rest, and exit 0.
@@ -23,6 +23,7 @@ from .api import mount_api
 from .collector import CollectOld
 from .config import Settings, parse_hostport
 from .core import Core
+from .driver import CoreDriver
 from .http import make_http_app
 from .logs import get_logger
 from .media.embedded import EmbeddedRelay
@@ -33,8 +34,6 @@ from .transport.tcp import TcpTransport
 from .transport.udp import UdpTransport
 from .trim import TrimAfterLoad
 
-_TIMER_SLACK_S = 0.002
-
 
 class Daemon:
     def __init__(self, settings: Settings) -> None:
@@ -43,42 +42,19 @@ class Daemon:
         self.stats = Stats()
         self.scheduler = Scheduler()
         self.core: Core | None = None
-        self._udp: dict[bool, UdpTransport] = {}  # by "is IPv6": one socket per address family
+        self.driver: CoreDriver | None = None  # once the loop runs
         self._ng: dict[bool, UdpTransport] = {}  # media relay control sockets, by "is IPv6"
         self._relay: EmbeddedRelay | None = None
         self._tcp: TcpTransport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = asyncio.Event()
 
-    # -- the bridge between the loop and the sans-IO core ---------------------------------------
-
-    def _send(self, data: bytes, dest: Address) -> None:
-        if dest.transport == "udp":
-            udp = self._udp.get(":" in dest.host)
-            if udp is None:
-                raise OSError(f"no UDP socket for the address family of {dest.host}")
-            udp.send(data, dest)
-        elif dest.transport == "tcp" and self._tcp is not None:
-            self._tcp.send(data, dest)
-        else:
-            raise OSError(f"transport {dest.transport} not available")
+    # -- what the core needs besides SIP (the SIP path itself is the compiled CoreDriver) --------
 
     def _on_unsent(self, wires: list[bytes], dest: Address) -> None:
         core = self.core
         if core is not None:
-            self._on_core(lambda: core.undeliverable(wires, dest))
-
-    def _on_data(self, data: bytes, source: Address) -> None:
-        assert self._loop is not None and self.core is not None
-        try:
-            self.scheduler.advance(self._loop.time())
-            self.core.receive(data, source)
-        except Exception:
-            self.stats.escaped_exceptions += 1
-            self.log.exception("escaped_exception", source=str(source))
-        self._arm_timer()
+            self._driver().run(lambda: core.undeliverable(wires, dest), "tcp")
 
     def _send_ng(self, data: bytes, dest: tuple[str, int]) -> None:
         sock = self._ng.get(":" in dest[0])
@@ -87,39 +63,13 @@ class Daemon:
         sock.send(data, Address("udp", dest[0], dest[1]))
 
     def _on_ng(self, data: bytes, source: Address) -> None:
-        self._on_core(lambda: self.core.receive_ng(data, (source.host, source.port)) if self.core else None)
+        core = self.core
+        if core is not None:
+            self._driver().run(lambda: core.receive_ng(data, (source.host, source.port)), "ng")
 
-    def _on_timer(self) -> None:
-        assert self._loop is not None
-        self._timer = None
-        self._timer_at = None
-        try:
-            self.scheduler.advance(self._loop.time())
-        except Exception:
-            self.stats.escaped_exceptions += 1
-            self.log.exception("escaped_exception", where="timer")
-        self._arm_timer()
-
-    def _arm_timer(self) -> None:
-        """Point the loop's one timer at the scheduler's next deadline. Moved earlier always; moved
-        later only when it would wake the loop more than `_TIMER_SLACK_S` before anything is due:
-        most timers are cancelled before they fire (Timer A, E, the 2xx retransmission...), and
-        a wake-up for a cancelled one costs a loop turn for nothing, while re-arming costs a
-        microsecond or two. Within the slack the early timer stays."""
-        assert self._loop is not None
-        deadline = self.scheduler.next_deadline()
-        at = self._timer_at
-        if deadline is None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = self._timer_at = None
-            return
-        if at is not None and at <= deadline <= at + _TIMER_SLACK_S:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = deadline
-        self._timer = self._loop.call_at(deadline, self._on_timer)
+    def _driver(self) -> CoreDriver:
+        assert self.driver is not None
+        return self.driver
 
     def _check_buffer(self, udp: UdpTransport, asked: int, listen: str) -> None:
         """Warn when the kernel granted less receive buffer than configured (it doubles the
@@ -141,17 +91,18 @@ class Daemon:
         loop.set_exception_handler(self._loop_exception)
         self.scheduler.now = loop.time()
         s = await self._start_media()
-        self.core = Core(s, self.scheduler, self._send, self.log, self.stats, send_ng=self._send_ng)
-        self._on_core(self.core.start)
+        driver = self.driver = CoreDriver(loop, self.scheduler, self.stats, self.log)
+        self.core = driver.core = Core(s, self.scheduler, driver.send, self.log, self.stats, send_ng=self._send_ng)
+        driver.run(self.core.start, "start")
         await self._wait_for_relays()
-        self._tcp = TcpTransport(self._on_data, s.sip.max_message_bytes, s.sip.tcp_idle_timeout_s,
+        self._tcp = driver.tcp = TcpTransport(driver.on_data, s.sip.max_message_bytes, s.sip.tcp_idle_timeout_s,
                                  on_unsent=self._on_unsent)
         for item in s.sip.listen:
             host, port = parse_hostport(item)
             if "udp" in s.sip.transports:
-                udp = await UdpTransport.listen(host, port, self._on_data, s.sip.udp_receive_buffer_bytes)
+                udp = await UdpTransport.listen(host, port, driver.on_data, s.sip.udp_receive_buffer_bytes)
                 self._check_buffer(udp, s.sip.udp_receive_buffer_bytes, item)
-                self._udp.setdefault(":" in host, udp)
+                driver.udp.setdefault(":" in host, udp)
             if "tcp" in s.sip.transports:
                 await self._tcp.listen(host, port)
         runner = await self._start_http()
@@ -172,8 +123,9 @@ class Daemon:
         old_generation.stop()
         trim.stop()
         await runner.cleanup()
-        self._on_core(self.core.stop)
-        for udp in (*self._udp.values(), *self._ng.values()):
+        driver.run(self.core.stop, "shutdown")
+        driver.close()
+        for udp in (*driver.udp.values(), *self._ng.values()):
             udp.close()
         await self._tcp.close()
         if self._relay is not None:
@@ -246,7 +198,7 @@ class Daemon:
         assert loop is not None
         # The control API under /v1, on this loop; its actions enter the core like SIP input does.
         api = mount_api(app, core, self.settings, self.log, self.stats,
-                        advance=lambda: self.scheduler.advance(loop.time()), rearm=self._arm_timer)
+                        advance=self._driver().advance, rearm=self._driver().arm_timer)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         host, port = parse_hostport(self.settings.http.listen, 9090)
@@ -264,18 +216,9 @@ class Daemon:
             await asyncio.sleep(0.1)
         if core.active_calls:
             self.log.warning("drain_timeout", active_calls=core.active_calls)
-            self._on_core(lambda: core.hangup_all("daemon shutting down"))
+            self._driver().run(lambda: core.hangup_all("daemon shutting down"), "shutdown")
             # Give the BYEs a moment to be answered; the calls end as their BYEs complete.
             end = self._loop.time() + 2.0
             while core.active_calls and self._loop.time() < end:
                 await asyncio.sleep(0.05)
 
-    def _on_core(self, fn: Any) -> None:
-        assert self._loop is not None
-        try:
-            self.scheduler.advance(self._loop.time())
-            fn()
-        except Exception:
-            self.stats.escaped_exceptions += 1
-            self.log.exception("escaped_exception", where="shutdown")
-        self._arm_timer()

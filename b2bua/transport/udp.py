@@ -31,17 +31,24 @@ def ask_receive_buffer(sock: socket.socket, size: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
-class UdpTransport(asyncio.DatagramProtocol):
+class UdpTransport:
+    """The datagram protocol of one socket (asyncio's protocol interface, by its method names:
+    a compiled class cannot subclass asyncio.DatagramProtocol, and the loop needs only the names)."""
+
     def __init__(self, on_data: OnData) -> None:
         self._on_data = on_data
-        self._transport: asyncio.DatagramTransport | None = None
+        # uvloop's UDPTransport does not subclass asyncio.DatagramTransport; it has the same API.
+        self._transport: Any = None
         self.errors = 0
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's UDPTransport does not subclass asyncio.DatagramTransport; it has the same API.
-        self._transport = transport  # type: ignore[assignment]
+    def connection_made(self, transport: Any) -> None:
+        self._transport = transport
 
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        # `addr` is (host, port) for IPv4 and (host, port, flowinfo, scope_id) for IPv6.
         self._on_data(data, Address("udp", addr[0], addr[1]))
 
     def error_received(self, exc: Exception) -> None:
@@ -67,7 +74,10 @@ class UdpTransport(asyncio.DatagramProtocol):
     async def listen(cls, host: str, port: int, on_data: OnData, receive_buffer: int = 0) -> UdpTransport:
         """Bind `host:port`; `receive_buffer` > 0 asks the kernel for that receive buffer."""
         loop = asyncio.get_running_loop()
-        _, protocol = await loop.create_datagram_endpoint(lambda: cls(on_data), local_addr=(host, port))
+        # The loop asks only for the protocol's methods; typeshed asks for the asyncio base class,
+        # which a compiled class cannot have.
+        _, protocol = await loop.create_datagram_endpoint(  # type: ignore[type-var]
+            lambda: cls(on_data), local_addr=(host, port))
         sock = protocol._transport.get_extra_info("socket") if protocol._transport is not None else None
         if sock is not None:
             ask_receive_buffer(sock, receive_buffer)

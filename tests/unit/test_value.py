@@ -13,7 +13,7 @@ from rtp_relay.sdp import Connection, Rtcp
 
 def test_equal_fields_are_equal_and_hash_alike() -> None:
     a, b = parse_uri("sip:bob@h:5062;transport=tcp"), SipUri("sip", "bob", None, "h", 5062, (("transport", "tcp"),))
-    assert a == b and not (a != b) and hash(a) == hash(b)
+    assert a == b and (a != b) is False and hash(a) == hash(b)
     assert {Address("udp", "127.0.0.1", 5060): 1}[Address("udp", "127.0.0.1", 5060)] == 1
     assert NameAddr(a, '"Bob"') == NameAddr(b, '"Bob"')
 
@@ -31,7 +31,8 @@ def test_repr_is_the_constructor_call() -> None:
     assert eval(repr(Address("tcp", "::1", 5061))) == Address("tcp", "::1", 5061)
 
 
-@pytest.mark.skipif(native.state() != "compiled", reason="read-only fields are enforced by the compiled build (mypy checks the source)")
+@pytest.mark.skipif(native.state() != "compiled",
+                    reason="read-only fields are enforced by the compiled build (mypy checks the source)")
 def test_fields_are_read_only_when_compiled() -> None:
     uri = SipUri(host="h")
     with pytest.raises(AttributeError):
