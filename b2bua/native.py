@@ -17,12 +17,12 @@ The compiled modules are the same source, type-checked by mypy: the sources must
 mypyc compiles (no `cls.__new__`, no instance `__dict__` tricks, no multiple assignment in a class
 body, exceptions derived from Exception or ValueError), and `Final` attributes are read-only at run
 time in the compiled build. A hot class is written out rather than made a dataclass: the methods
-`dataclasses` generates stay interpreted (value.py). The message model's value classes (messages, headers, URIs, addresses)
-are marked `@mypyc_attr(acyclic=True)`: they hold only strings, numbers and other such values, so
-the cycle collector need not track them (a young pass at 600 calls/s walked 4,468 objects, 2,760
-with them untracked); such a class must never hold anything that could point back at it (a
-transaction, a call), or the cycle would never be freed. A compiled class cannot be weakly
-referenced, so a leg holds its call strongly and the call breaks that cycle when it ends
+`dataclasses` generates stay interpreted (value.py). The message model's value classes (messages,
+headers, URIs, addresses) are marked `@mypyc_attr(acyclic=True)`: they hold only strings, numbers
+and other such values, so the cycle collector need not track them (a young pass at 600 calls/s
+walked 4,468 objects, 2,760 with them untracked); such a class must never hold anything that could
+point back at it (a transaction, a call), or the cycle would never be freed. A compiled class cannot
+be weakly referenced, so a leg holds its call strongly and the call breaks that cycle when it ends
 (call/leg.py). Measured on the benchmark machine (callgrind, the daemon under SIPp): 3.41 M
 instructions per call from source, 2.47 M with the parser compiled, 2.27 M adding transactions,
 dialogs and timers, 2.12 M adding the SDP modules, 2.02 M adding the core, 1.91 M adding the call

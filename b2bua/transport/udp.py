@@ -47,6 +47,14 @@ class UdpTransport:
     def connection_lost(self, exc: Exception | None) -> None:
         pass
 
+    # The loop calls these when its send buffer for the socket passes its high-water mark and
+    # drains again. Nothing to hold back: SIP over UDP resends what is lost (RFC 3261 §17).
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
     def datagram_received(self, data: bytes, addr: Any) -> None:
         # `addr` is (host, port) for IPv4 and (host, port, flowinfo, scope_id) for IPv6.
         self._on_data(data, Address("udp", addr[0], addr[1]))

@@ -46,3 +46,14 @@ def test_the_receive_buffer_asked_for_is_granted_up_to_the_kernels_cap() -> None
             bigger.close()
 
     asyncio.run(scenario())
+
+
+def test_it_answers_every_call_the_loop_makes_of_a_datagram_protocol() -> None:
+    """Not a subclass of asyncio.DatagramProtocol (it is compiled), so each method the loop may call
+    must be its own: uvloop calls pause_writing when its send buffer fills, and a missing one
+    would reach the loop's exception handler (counted as a bug)."""
+    wanted = {name for name in dir(asyncio.DatagramProtocol) if not name.startswith("_")}
+    assert wanted <= {name for name in dir(UdpTransport) if not name.startswith("_")}
+    udp = UdpTransport(lambda data, source: None)
+    udp.pause_writing()
+    udp.resume_writing()
